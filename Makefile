@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine with Python 3.10+ and pip:
+#   make run    creates .venv, installs genlab, trains NICE on moons (ARGS="model=cnf ..." to override)
+#   make test   creates .venv, installs genlab with its test tools, runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch (seconds to install here). On a CUDA machine: make TORCH=torch run
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: run test lint bench clean
+
+$(BIN)/genlab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,launchers]"
+	@touch $@
+
+run: $(BIN)/genlab
+	$(BIN)/genlab $(ARGS)
+
+test: $(BIN)/genlab
+	$(BIN)/python -m pytest -n 2 -q
+
+lint: $(BIN)/genlab
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: $(BIN)/genlab
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

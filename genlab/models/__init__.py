@@ -1,0 +1,9 @@
+"""The models; each is a :class:`genlab.models.base.Model`."""
+
+from genlab.models.base import Model
+from genlab.models.cnf import CNF
+from genlab.models.flow import ContinuousFlow
+from genlab.models.nice import NICE
+from genlab.models.rectified_flow import RectifiedFlow
+
+__all__ = ["Model", "ContinuousFlow", "NICE", "CNF", "RectifiedFlow"]

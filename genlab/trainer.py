@@ -1,0 +1,234 @@
+"""The one training loop every model shares.
+
+The loop knows a model only through ``loss`` (or a given loss function), ``after_step`` and
+``nfe``. It runs Adam with warm-up and a constant or cosine schedule, clips gradients, shows a
+progress bar, logs a line every ``log_every`` steps, records one history row per step and runs
+interval hooks (checkpoints, plots); its state dict lets a run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from genlab.models.base import Model
+
+__all__ = ["History", "Trainer", "SCHEDULES", "lr_factor"]
+
+log = logging.getLogger("genlab")
+
+SCHEDULES = ("constant", "cosine")
+HISTORY_FIELDS = ("round", "step", "loss", "lr", "seconds", "nfe_forward", "nfe_backward")
+
+
+def lr_factor(step: int, steps: int, schedule: str, warmup_steps: int) -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warm-up, then constant or cosine
+    decay to zero at ``steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class History:
+    """Per-step training records, written to ``history.csv``."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def write(self, path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, HISTORY_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    @classmethod
+    def read(cls, path: Path) -> History:
+        if not path.exists():
+            return cls()
+        with open(path, newline="") as f:
+            return cls(list(csv.DictReader(f)))
+
+    def truncate(self, round_: int, step: int) -> None:
+        """Drop rows after ``step`` of ``round_`` (and of later rounds): used on resume."""
+        self.rows = [
+            r
+            for r in self.rows
+            if int(r["round"]) < round_ or (int(r["round"]) == round_ and int(r["step"]) <= step)
+        ]
+
+
+def _check_positive_int(name: str, value, allow_zero: bool = False) -> int:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+class Trainer:
+    """Adam + schedule + clipping over a stream of batches.
+
+    Arguments:
+        model: the model; its parameters are optimised.
+        steps: number of optimiser steps (>= 1).
+        lr: peak learning rate; ``schedule`` is ``constant`` or ``cosine`` after
+            ``warmup_steps`` of linear warm-up.
+        grad_clip: max global gradient norm (``None`` or 0 disables).
+        max_seconds: stop early once training has taken this long (``None``: no limit).
+        log_every: a log line every this many steps (0 disables).
+        progress: show a progress bar.
+        round_: index recorded in the history (reflow rounds of the rectified flow).
+        desc: label of the progress bar and log lines.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        steps: int,
+        lr: float = 1e-3,
+        schedule: str = "cosine",
+        warmup_steps: int = 0,
+        grad_clip: float | None = 1.0,
+        max_seconds: float | None = None,
+        log_every: int = 500,
+        progress: bool = True,
+        round_: int = 0,
+        desc: str = "train",
+    ) -> None:
+        _check_positive_int("train.steps", steps)
+        _check_positive_int("train.warmup_steps", warmup_steps, allow_zero=True)
+        _check_positive_int("train.log_every", log_every, allow_zero=True)
+        if schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}"
+            )
+        if not lr > 0:
+            raise ValueError(f"train.lr must be > 0, got {lr!r}")
+        if max_seconds is not None and not max_seconds > 0:
+            raise ValueError(f"train.max_seconds must be > 0 or null, got {max_seconds!r}")
+        self.model = model
+        self.steps, self.schedule, self.warmup_steps = steps, schedule, warmup_steps
+        self.grad_clip = grad_clip or None
+        self.max_seconds = max_seconds
+        self.log_every = log_every
+        self.progress, self.round, self.desc = progress, round_, desc
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, steps, schedule, warmup_steps)
+        )
+        self.step = 0  # optimiser steps taken
+        self.seconds = 0.0  # wall seconds spent in fit
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "seconds": self.seconds,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.seconds = int(state["step"]), float(state["seconds"])
+
+    @property
+    def done(self) -> bool:
+        out_of_time = self.max_seconds is not None and self.seconds >= self.max_seconds
+        return self.step >= self.steps or out_of_time
+
+    def fit(
+        self,
+        next_batch: Callable[[], Sequence[Tensor]],
+        history: History,
+        loss_fn: Callable[..., Tensor] | None = None,
+        hooks: Sequence[tuple[int, Callable[[Trainer], None]]] = (),
+    ) -> None:
+        """Train until ``steps`` or ``max_seconds``.
+
+        Arguments:
+            next_batch: returns the next batch as a tuple of tensors.
+            history: receives one row per step.
+            loss_fn: ``loss_fn(*batch)``; defaults to ``model.loss``.
+            hooks: ``(every, fn)`` pairs: ``fn(trainer)`` runs every ``every`` steps (0: never),
+                e.g. checkpointing and plotting.
+        """
+        loss_fn = loss_fn or self.model.loss
+        model = self.model
+        model.train()
+        bar = tqdm(
+            total=self.steps,
+            initial=self.step,
+            desc=self.desc,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+        with bar, logging_redirect_tqdm():
+            while not self.done:
+                start = time.perf_counter()
+                nfe0 = model.nfe
+                loss = loss_fn(*next_batch())
+                nfe1 = model.nfe
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"{self.desc}: loss is {loss.item()} at step {self.step + 1}; "
+                        f"try a lower train.lr (now {self.scheduler.get_last_lr()[0]:.3g}) or "
+                        "gradient clipping"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nfe2 = model.nfe
+                if self.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+                lr = self.scheduler.get_last_lr()[0]
+                self.optimizer.step()
+                self.scheduler.step()
+                model.after_step()
+                value = loss.item()  # synchronises, so the timing below is honest on CUDA
+                self.seconds += time.perf_counter() - start
+                self.step += 1
+                history.rows.append(
+                    {
+                        "round": self.round,
+                        "step": self.step,
+                        "loss": f"{value:.6g}",
+                        "lr": f"{lr:.6g}",
+                        "seconds": f"{self.seconds:.4f}",
+                        "nfe_forward": "" if nfe0 is None else nfe1 - nfe0,
+                        "nfe_backward": "" if nfe0 is None else nfe2 - nfe1,
+                    }
+                )
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                if self.log_every and self.step % self.log_every == 0:
+                    nfe = "" if nfe0 is None else f"  nfe {nfe1 - nfe0}+{nfe2 - nfe1}"
+                    log.info(
+                        "%s step %d/%d  loss %.4f  lr %.2e  %.1f steps/s%s",
+                        self.desc,
+                        self.step,
+                        self.steps,
+                        value,
+                        lr,
+                        self.step / self.seconds,
+                        nfe,
+                    )
+                for every, hook in hooks:
+                    if every and self.step % every == 0:
+                        hook(self)
+        if self.max_seconds is not None and self.step < self.steps:
+            log.info("%s stopped at step %d: train.max_seconds reached", self.desc, self.step)
+        model.eval()

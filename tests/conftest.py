@@ -1,0 +1,68 @@
+"""Shared test helpers: composing the real Hydra config with tiny budgets."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+MODELS = ("nice", "cnf", "rectified_flow")
+DATASETS = (
+    "8gaussians",
+    "moons",
+    "checkerboard",
+    "2spirals",
+    "pinwheel",
+    "rings",
+    "circles",
+    "swissroll",
+)
+
+# A few steps, small nets and small evaluation sets: every model runs end to end in seconds.
+TINY = [
+    "train.steps=6",
+    "train.batch_size=64",
+    "train.log_every=3",
+    "train.checkpoint_every=3",
+    "train.progress=false",
+    "eval.n_test=400",
+    "eval.n_w2=200",
+    "eval.n_timing=200",
+    "eval.grid=24",
+]
+TINY_MODEL = {
+    "nice": ["model.couplings=2", "model.hidden=16", "model.depth=1"],
+    "cnf": [
+        "model.velocity.hidden=16",
+        "model.velocity.depth=1",
+        "model.train_solver.atol=1e-3",
+        "model.train_solver.rtol=1e-3",
+        "model.likelihood.atol=1e-4",
+        "model.likelihood.rtol=1e-4",
+    ],
+    "rectified_flow": [
+        "model.velocity.hidden=16",
+        "model.velocity.depth=1",
+        "model.likelihood.atol=1e-4",
+        "model.likelihood.rtol=1e-4",
+        "model.reflow_pairs=256",
+        "model.reflow_steps=4",
+    ],
+}
+
+
+def tiny_overrides(model: str, data: str = "moons") -> list[str]:
+    return [f"model={model}", f"data={data}", *TINY, *TINY_MODEL[model]]
+
+
+@pytest.fixture
+def compose_cfg():
+    """Compose ``genlab/conf/config.yaml`` with overrides, as the ``genlab`` command does."""
+
+    def _compose(overrides: list[str]):
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="genlab.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+
+    yield _compose
+    GlobalHydra.instance().clear()

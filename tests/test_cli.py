@@ -1,0 +1,106 @@
+"""End to end through the real command line, one tiny run per model, in a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import genlab
+from tests.conftest import tiny_overrides
+
+COMMON = {
+    "model.pt",
+    "metrics.json",
+    "history.csv",
+    "samples.png",
+    "density.png",
+    "samples.npz",
+    "genlab.log",
+    ".hydra",
+}
+CONTINUOUS = {"trajectories.png", "density_t.png"}
+METRIC_KEYS = {
+    "nll",
+    "entropy",
+    "test_entropy",
+    "kl",
+    "kl_se",
+    "w2",
+    "w2_floor",
+    "params",
+    "steps",
+    "train_seconds",
+    "steps_per_second",
+    "sample_seconds",
+    "peak_memory_mb",
+}
+
+
+def run_cli(run_dir, overrides):
+    cmd = [sys.executable, "-m", "genlab", *overrides, f"hydra.run.dir={run_dir}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.parametrize(
+    "model,extra,files",
+    [
+        ("nice", [], COMMON),
+        ("cnf", [], COMMON | CONTINUOUS),
+        ("rectified_flow", ["model.reflow=1"], COMMON | CONTINUOUS | {"quality_vs_steps.png"}),
+    ],
+)
+def test_cli_run_writes_every_output(tmp_path, model, extra, files):
+    run_dir = tmp_path / model
+    run_cli(run_dir, [*tiny_overrides(model), *extra])
+    assert files <= {p.name for p in run_dir.iterdir()}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["model"] == model and metrics["data"] == "moons"
+    assert abs(metrics["kl"] - (metrics["nll"] - metrics["test_entropy"])) < 1e-9
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0].startswith("round,step,loss")
+    loaded = genlab.load_run(run_dir)
+    assert loaded.sample(5).shape == (5, 2)
+    if model == "nice":
+        assert "nice_floor" in metrics
+    else:
+        assert metrics["nfe"] > 0 and "train_nfe_first" in metrics
+    if extra:
+        assert metrics["steps"] == 6 + 4
+        assert {"round0_straightness", "round1_w2_euler1"} <= set(metrics)
+
+
+def test_cli_rejects_bad_values_with_one_clear_line(tmp_path):
+    cmd = [sys.executable, "-m", "genlab", "train.steps=0", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "train.steps must be an int >= 1, got 0" in done.stderr
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch):
+    """An interrupted run resumed from its checkpoint ends with the same weights."""
+    from genlab import train as train_module
+
+    overrides = [*tiny_overrides("nice"), "train.steps=10", "train.checkpoint_every=4"]
+    straight = train_module.train(compose_cfg(overrides), tmp_path / "a")
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.plots, "plot_samples", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(compose_cfg([*overrides, "train.plot_every=6"]), tmp_path / "b")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "b" / "model.pt", weights_only=True)["trainer"]["step"] == 4
+    resumed = train_module.train(compose_cfg([*overrides, "train.resume=true"]), tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["nll"] == straight["nll"]
+    rows = (tmp_path / "b" / "history.csv").read_text().splitlines()
+    assert len(rows) == 1 + 10

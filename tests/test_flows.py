@@ -1,0 +1,175 @@
+"""The continuous flows: rectified-flow target, closed-form Gaussian case, reflow, CNF density."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from genlab.models import CNF, RectifiedFlow
+from genlab.nn import TimeMLP
+from genlab.ode import Solver
+
+TIGHT = Solver("dopri5", atol=1e-9, rtol=1e-9)
+
+
+class GaussianVelocity(nn.Module):
+    """The exact rectified-flow velocity for x0 ~ N(0, I), x1 ~ N(m, s^2 I), independent.
+
+    x_t ~ N(t m, ((1-t)^2 + t^2 s^2) I) and v(t, x) = E[x1 - x0 | x_t = x]
+    = m + c(t) / var(t) * (x - t m) with c(t) = t s^2 - (1 - t).
+    """
+
+    def __init__(self, m, s):
+        super().__init__()
+        self.register_buffer("m", torch.as_tensor(m, dtype=torch.float64))
+        self.s = s
+        self.dummy = nn.Parameter(torch.zeros(()))  # so the model has a device and a dtype
+
+    def forward(self, t, x):
+        t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1)
+        var = (1 - t) ** 2 + t**2 * self.s**2
+        c = t * self.s**2 - (1 - t)
+        return self.m + c / var * (x - t * self.m) + 0 * self.dummy
+
+
+def gaussian_flow(m=(1.5, -0.5), s=0.4):
+    field = GaussianVelocity(m, s).double()
+    return RectifiedFlow(field, TIGHT, TIGHT, ema=0.0), torch.tensor(m, dtype=torch.float64), s
+
+
+def test_training_target_and_interpolation_by_hand():
+    seen = {}
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, t, x):
+            seen["t"], seen["x"] = t, x
+            return torch.full_like(x, 0.5) + self.w
+
+    model = RectifiedFlow(Recorder(), Solver(), Solver(), ema=0.0)
+    x0 = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
+    x1 = torch.tensor([[2.0, 4.0], [1.0, 1.0]])
+    t = torch.tensor([0.25, 0.5])
+    loss = model.pair_loss(x0, x1, t)
+    assert torch.equal(seen["x"], torch.tensor([[0.5, 1.0], [1.0, 0.0]]))
+    assert torch.equal(seen["t"], t)
+    # targets x1 - x0 = (2, 4) and (0, 2); squared errors 1.5^2 + 3.5^2 = 14.5 and 0.25 + 2.25
+    assert loss.item() == pytest.approx((14.5 + 2.5) / 2)
+
+
+def test_exact_gaussian_velocity_transports_noise_to_the_target():
+    model, m, s = gaussian_flow()
+    x = model.sample(20_000, torch.Generator().manual_seed(0))
+    n = len(x)
+    assert torch.allclose(x.mean(0), m, atol=5 * s / math.sqrt(n))
+    var_se = s**2 * math.sqrt(2 / n)
+    assert torch.allclose(x.var(0), torch.full((2,), s**2, dtype=x.dtype), atol=5 * var_se)
+
+
+def test_exact_gaussian_velocity_gives_the_exact_log_density():
+    model, m, s = gaussian_flow()
+    x = m + s * torch.randn(50, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact = torch.distributions.Normal(m, s).log_prob(x).sum(-1)
+    assert torch.allclose(model.log_prob(x).detach(), exact, atol=1e-4, rtol=0)
+
+
+def test_one_euler_step_is_x0_plus_v():
+    torch.manual_seed(0)
+    model = RectifiedFlow(TimeMLP(2, 16, 2, "silu").double(), Solver(), Solver(), ema=0.0)
+    x = model.sample(9, torch.Generator().manual_seed(2), method="euler", steps=1)
+    x0 = torch.randn(9, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert torch.equal(x, x0 + model.velocity(torch.zeros((), dtype=torch.float64), x0))
+
+
+def mixture(n, generator):
+    centres = torch.tensor([[2.0, 2.0], [-2.0, -2.0], [2.0, -2.0]])
+    k = torch.randint(3, (n,), generator=generator)
+    return centres[k] + 0.3 * torch.randn(n, 2, generator=generator)
+
+
+def test_reflow_pairs_are_deterministic_and_a_round_straightens():
+    torch.manual_seed(0)
+    model = RectifiedFlow(
+        TimeMLP(2, 32, 2, "silu"),
+        Solver(),
+        Solver(),
+        ema=0.0,
+        reflow_solver=Solver("rk4", steps=20),
+    )
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(300):
+        loss = model.loss(mixture(256, g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    z, x1 = model.make_pairs(2000, torch.Generator().manual_seed(5))
+    z2, x2 = model.make_pairs(2000, torch.Generator().manual_seed(5))
+    assert torch.equal(z, z2) and torch.equal(x1, x2)
+    before = model.straightness(z, x1)
+    for _ in range(300):
+        idx = torch.randint(2000, (256,), generator=g)
+        loss = model.pair_loss(z[idx], x1[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model.straightness(z, x1)
+    assert after < 0.7 * before, (before, after)
+
+
+def test_cnf_density_integrates_to_one():
+    torch.manual_seed(3)
+    field = TimeMLP(2, 16, 2, "tanh").double()
+    model = CNF(field, Solver(), Solver(atol=1e-7, rtol=1e-7), Solver())
+    n, bound = 160, 7.0
+    c = (torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 * bound - bound
+    with torch.no_grad():
+        mass = model.log_prob(torch.cartesian_prod(c, c)).exp().sum().item()
+    assert abs(mass * (2 * bound / n) ** 2 - 1) < 1e-2
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_cnf_loss_trains_with_every_option(divergence, adjoint):
+    torch.manual_seed(0)
+    model = CNF(
+        TimeMLP(2, 16, 2, "tanh"),
+        Solver(),
+        Solver(),
+        Solver(atol=1e-4, rtol=1e-4, adjoint=adjoint),
+        divergence=divergence,
+        kinetic=0.01,
+        jacobian=0.01,
+    )
+    x = mixture(64, torch.Generator().manual_seed(0))
+    loss = model.loss(x)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.nfe > 0
+
+
+def test_density_at_time_zero_is_the_prior():
+    model = CNF(TimeMLP(2, 8, 1), Solver(), Solver(), Solver())
+    x = torch.randn(4, 2)
+    assert torch.allclose(model.log_prob(x, t=0.0), model.prior.log_prob(x))
+
+
+def test_bad_input():
+    v = TimeMLP(2, 8, 1)
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
+        RectifiedFlow(v, Solver(), Solver()).sample(3, method="euler", steps=0)
+    with pytest.raises(ValueError, match="reflow must be an int >= 0, got -1"):
+        RectifiedFlow(v, Solver(), Solver(), reflow=-1)
+    with pytest.raises(ValueError, match="unknown time distribution 'beta'"):
+        RectifiedFlow(v, Solver(), Solver(), time_distribution="beta")
+    with pytest.raises(ValueError, match="unknown divergence 'trace'"):
+        CNF(v, Solver(), Solver(), Solver(), divergence="trace")
+    with pytest.raises(ValueError, match="unknown solver 'eulr'"):
+        Solver("eulr")
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got 2"):
+        CNF(v, Solver(), Solver(), Solver()).log_prob(torch.zeros(2, 2), t=2)
