@@ -29,6 +29,7 @@ __all__ = [
 
 GRID = 200  # points per side of density grids
 RATIO_CLIP = 3.0  # |log(model/truth)| shown up to this many nats
+NEGLIGIBLE = 1e-3  # density below this fraction of the truth's peak counts as no mass
 
 
 def grid_points(bound: float, n: int = GRID) -> torch.Tensor:
@@ -77,13 +78,15 @@ def plot_density(log_truth: np.ndarray, log_model: np.ndarray, bound: float, tit
     """Truth | model | log(model/truth) on the same grid; the first two share one colour scale.
 
     The ratio panel is clipped to +-RATIO_CLIP nats: red where the model puts too much mass,
-    blue where too little; where the truth is 0 (outside a support) it shows +RATIO_CLIP.
+    blue where too little; where the truth is 0 (outside a support) it shows +RATIO_CLIP, and
+    where both densities are below NEGLIGIBLE times the truth's peak it shows 0 (white).
     """
     p, q = np.exp(log_truth), np.exp(log_model)
     vmax = max(p.max(), 1e-12)
     extent = (-bound, bound, -bound, bound)
     with np.errstate(invalid="ignore"):
         ratio = np.clip(np.nan_to_num(log_model - log_truth, nan=0.0), -RATIO_CLIP, RATIO_CLIP)
+    ratio[np.maximum(p, q) < NEGLIGIBLE * vmax] = 0.0  # neither has mass here: nothing to show
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
     for ax, img, name in ((axes[0], p, "truth"), (axes[1], q, "model")):
         im = ax.imshow(img, origin="lower", extent=extent, cmap="viridis", vmin=0, vmax=vmax)

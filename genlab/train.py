@@ -59,6 +59,8 @@ def _check_config(cfg: DictConfig) -> None:
         raise ValueError(f"train.batch_size must be an int >= 1, got {bs!r}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be an int, got {cfg.seed!r}")
+    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
+        raise ValueError(f"threads must be an int >= 1 or null, got {cfg.threads!r}")
     for key in ("plot_every", "checkpoint_every"):
         v = cfg.train[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -108,6 +110,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     _check_config(cfg)
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     device = resolve_device(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     toy = instantiate(cfg.data)
     model: Model = instantiate(cfg.model).to(device)

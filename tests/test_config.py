@@ -34,6 +34,21 @@ def test_experiments_compose(compose_cfg):
     assert cfg.model.reflow == 2 and cfg.data._target_.endswith("EightGaussians")
 
 
+def test_compare_experiment_sweeps_everything_on_a_time_budget():
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="genlab.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=compare"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    params = cfg.hydra.sweeper.params
+    assert params.model.split(",") == list(MODELS)
+    assert params.data.split(",") == list(DATASETS)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.train.max_seconds * len(MODELS) * len(DATASETS) / cfg.hydra.launcher.n_jobs < 900
+
+
 def test_mistyped_key_is_an_error(compose_cfg):
     with pytest.raises(ConfigCompositionException, match="stepz"):
         compose_cfg(["train.stepz=3"])

@@ -43,14 +43,14 @@ class AdditiveCoupling(nn.Module):
         self, dim: int, parity: int, hidden: int = 128, depth: int = 3, activation: str = "relu"
     ) -> None:
         super().__init__()
-        b = torch.arange(dim) % 2 == parity
-        self.register_buffer("idx_a", torch.nonzero(~b).flatten(), persistent=False)
-        self.register_buffer("idx_b", torch.nonzero(b).flatten(), persistent=False)
-        self.m = MLP(len(self.idx_a), len(self.idx_b), hidden, depth, activation, zero_last=True)
+        self.b = slice(parity, None, 2)  # shifted coordinates
+        self.a = slice(1 - parity, None, 2)  # coordinates the MLP reads
+        n_a, n_b = len(range(dim)[self.a]), len(range(dim)[self.b])
+        self.m = MLP(n_a, n_b, hidden, depth, activation, zero_last=True)
 
     def _shift(self, x: Tensor, sign: float) -> Tensor:
         y = x.clone()
-        y[:, self.idx_b] = x[:, self.idx_b] + sign * self.m(x[:, self.idx_a])
+        y[:, self.b] += sign * self.m(x[:, self.a])
         return y
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

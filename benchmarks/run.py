@@ -1,0 +1,80 @@
+"""genlab's figures under the DESIGN protocol: fresh data each step, batch 256, Adam lr 1e-3.
+
+Trains each model on each data set through ``genlab.train.train`` (the same code path as the
+``genlab`` command) and prints KL +- SE, W2 / floor, training seconds, sampling seconds for
+10,000 samples and NFE as a Markdown table. Run it on an otherwise idle machine:
+
+    python benchmarks/run.py                       # the three models on four toys
+    python benchmarks/run.py --models nice --data moons --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+
+from genlab.train import train
+
+DATA = ("8gaussians", "moons", "checkerboard", "2spirals")
+MODELS = ("nice", "cnf", "rectified_flow")
+
+
+def run_one(model: str, data: str, seed: int, extra: list[str]) -> dict:
+    overrides = [
+        f"model={model}",
+        f"data={data}",
+        f"seed={seed}",
+        "train.progress=false",
+        "train.log_every=0",
+        "train.checkpoint_every=0",
+        "train.batch_size=256",
+        "train.lr=1e-3",
+        *extra,
+    ]
+    with initialize_config_module(config_module="genlab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        return train(cfg, Path(tmp))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--data", nargs="+", default=list(DATA))
+    parser.add_argument("--repeats", type=int, default=1, help="seeds per cell (medians)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.steps=1000")
+    args = parser.parse_args()
+    print(
+        "| model | data | steps | KL (nats) | W2 / floor | train s | steps/s | sample s (10k) | NFE |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model in args.models:
+        for data in args.data:
+            runs = [run_one(model, data, seed, args.overrides) for seed in range(args.repeats)]
+            med = {
+                k: statistics.median(r[k] for r in runs)
+                for k in (
+                    "kl",
+                    "kl_se",
+                    "w2",
+                    "w2_floor",
+                    "train_seconds",
+                    "steps_per_second",
+                    "sample_seconds",
+                )
+            }
+            nfe = runs[0].get("nfe", "")
+            print(
+                f"| {model} | {data} | {runs[0]['steps']} | {med['kl']:.3f} ± {med['kl_se']:.3f}"
+                f" | {med['w2']:.2f} / {med['w2_floor']:.2f} | {med['train_seconds']:.0f}"
+                f" | {med['steps_per_second']:.1f} | {med['sample_seconds']:.2f} | {nfe} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
