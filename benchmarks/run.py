@@ -48,9 +48,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="seeds per cell (medians)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.steps=1000")
     args = parser.parse_args()
-    print(
-        "| model | data | steps | KL (nats) | W2 / floor | train s | steps/s | sample s (10k) | NFE |"
+    head = (
+        "model",
+        "data",
+        "steps",
+        "KL (nats)",
+        "W2 / floor",
+        "train s",
+        "steps/s",
+        "sample s (10k)",
+        "NFE",
     )
+    print("| " + " | ".join(head) + " |")
     print("|---|---|---|---|---|---|---|---|---|")
     for model in args.models:
         for data in args.data:

@@ -256,7 +256,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         panels = [(f"round {r}", rnd["paths"].numpy()) for r, rnd in enumerate(state["rounds"])]
         if not panels:
             gen = torch.Generator(device).manual_seed(cfg.eval.seed)
-            panels = [(final_title, model.trajectories(TRAJECTORY_POINTS, gen).numpy(force=True))]
+            paths = model.trajectories(TRAJECTORY_POINTS, gen).numpy(force=True)
+            panels = [("noise (t=0) to samples (t=1)", paths)]
         plots.plot_trajectories(panels, data_view, bound, final_title, run_dir / "trajectories.png")
         snaps = {
             t: plots.grid_log_density(
