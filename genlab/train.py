@@ -128,7 +128,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         model.load_state_dict(ckpt["model"])
         trainers[ckpt["round"]].load_state_dict(ckpt["trainer"])
         for r in range(ckpt["round"]):
-            trainers[r].step, trainers[r].seconds = ckpt["rounds"][r]["steps"], 0.0
+            trainers[r].step = ckpt["rounds"][r]["steps"]
+            trainers[r].seconds = ckpt["rounds"][r]["seconds"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         data_gen.set_state(ckpt["rng"]["data"].to(data_gen.device))
         state = {k: ckpt[k] for k in ("round", "pairs", "rounds")}
@@ -169,7 +170,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         model.train()
 
     batch = cfg.train.batch_size
-    extra_seconds = 0.0  # reflow pair generation
     for r in range(state["round"], rounds):
         trainer = trainers[r]
         state["round"] = r
@@ -180,7 +180,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
                 start = time.perf_counter()
                 noise_gen = torch.Generator(device).manual_seed(cfg.seed + 1000 * r)
                 state["pairs"] = torch.cat(model.make_pairs(model.reflow_pairs, noise_gen), dim=1)
-                extra_seconds += time.perf_counter() - start
+                trainer.seconds += time.perf_counter() - start  # part of the round's cost
             pairs = state["pairs"]
 
             def next_batch(pairs=pairs):
@@ -200,11 +200,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
             report = _round_report(model, toy, cfg, gen, x0, x1)
             log.info("round %d: %s", r, ", ".join(f"{k} {v:.4f}" for k, v in report.items()))
             paths = model.trajectories(TRAJECTORY_POINTS, gen).cpu()
-            state["rounds"].append({"steps": trainer.step, "report": report, "paths": paths})
+            done = {"steps": trainer.step, "seconds": trainer.seconds}
+            state["rounds"].append({**done, "report": report, "paths": paths})
         save(trainer)
 
     steps = sum(t.step for t in trainers)
-    train_seconds = sum(t.seconds for t in trainers) + extra_seconds
+    train_seconds = sum(t.seconds for t in trainers)
     out = {
         "model": model.name,
         "data": toy.name,

@@ -82,11 +82,21 @@ def test_cli_rejects_bad_values_with_one_clear_line(tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch):
+RESUME_CASES = {
+    # interrupted in round 0 at step 6, resumed from the checkpoint at step 4
+    "nice": (["train.steps=10"], 10),
+    # round 0 has 4 steps; interrupted in reflow round 1 at step 6, resumed from its step 4
+    "rectified_flow": (["train.steps=4", "model.reflow=1", "model.reflow_steps=8"], 12),
+}
+
+
+@pytest.mark.parametrize("model", list(RESUME_CASES))
+def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch, model):
     """An interrupted run resumed from its checkpoint ends with the same weights."""
     from genlab import train as train_module
 
-    overrides = [*tiny_overrides("nice"), "train.steps=10", "train.checkpoint_every=4"]
+    extra, total = RESUME_CASES[model]
+    overrides = [*tiny_overrides(model), *extra, "train.checkpoint_every=4"]
     straight = train_module.train(compose_cfg(overrides), tmp_path / "a")
 
     def interrupt(*args, **kwargs):
@@ -101,6 +111,7 @@ def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch):
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed["nll"] == straight["nll"]
+    assert resumed["nll"] == straight["nll"] and resumed["steps"] == straight["steps"] == total
+    assert resumed["train_seconds"] > 0
     rows = (tmp_path / "b" / "history.csv").read_text().splitlines()
-    assert len(rows) == 1 + 10
+    assert len(rows) == 1 + total
