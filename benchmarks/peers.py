@@ -5,7 +5,8 @@ machine noise hits both alike, and prints medians. Needs zuko (not a genlab depe
 
     pip install zuko==1.6.0 && python benchmarks/peers.py
 
-- NICE: 8 additive couplings of 3x128 (ReLU, zuko's default), batch 256, Adam 1e-3.
+- NICE: 8 additive couplings of 3x128 (ReLU, zuko's default; zuko also needs
+  ``univariate=AdditiveTransform``, or its NICE is affine), batch 256, Adam 1e-3.
 - CNF: a 3x64 velocity field, exact divergence, dopri5 at atol = rtol = 1e-5, batch 256;
   both trained for the same warm-up steps first, since the solver's work grows with training.
 """
@@ -66,7 +67,14 @@ def main() -> None:
     print("|---|---|---|---|")
 
     ours = NICE(couplings=8, hidden=128, depth=3, activation="relu")
-    theirs = zuko.flows.NICE(2, transforms=8, hidden_features=(128,) * 3)
+    # zuko's NICE is affine (RealNVP) unless told otherwise: ask for NICE's additive coupling
+    theirs = zuko.flows.NICE(
+        2,
+        transforms=8,
+        hidden_features=(128,) * 3,
+        univariate=zuko.transforms.AdditiveTransform,
+        shapes=[()],
+    )
     compare(
         "NICE 8x(3x128) (moons)",
         (ours.loss, ours.parameters(), batches("moons")),

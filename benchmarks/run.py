@@ -6,6 +6,7 @@ Trains each model on each data set through ``genlab.train.train`` (the same code
 
     python benchmarks/run.py                       # the three models on four toys
     python benchmarks/run.py --models nice --data moons --repeats 3
+    python benchmarks/run.py model.depth=3 --models nice --data 2spirals   # overrides first
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_module
 
+from genlab.data import TOYS
 from genlab.train import train
 
 DATA = ("8gaussians", "moons", "checkerboard", "2spirals")
@@ -43,8 +45,9 @@ def run_one(model: str, data: str, seed: int, extra: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--data", nargs="+", default=list(DATA))
+    # choices also catch an override typed after --data, which argparse would read as a name
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--data", nargs="+", default=list(DATA), choices=TOYS)
     parser.add_argument("--repeats", type=int, default=1, help="seeds per cell (medians)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.steps=1000")
     args = parser.parse_args()
@@ -52,6 +55,7 @@ def main() -> None:
         "model",
         "data",
         "steps",
+        "test NLL",
         "KL (nats)",
         "W2 / floor",
         "train s",
@@ -60,13 +64,14 @@ def main() -> None:
         "NFE",
     )
     print("| " + " | ".join(head) + " |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|" + "---|" * len(head))
     for model in args.models:
         for data in args.data:
             runs = [run_one(model, data, seed, args.overrides) for seed in range(args.repeats)]
             med = {
                 k: statistics.median(r[k] for r in runs)
                 for k in (
+                    "nll",
                     "kl",
                     "kl_se",
                     "w2",
@@ -78,7 +83,8 @@ def main() -> None:
             }
             nfe = runs[0].get("nfe", "")
             print(
-                f"| {model} | {data} | {runs[0]['steps']} | {med['kl']:.3f} ± {med['kl_se']:.3f}"
+                f"| {model} | {data} | {runs[0]['steps']} | {med['nll']:.3f}"
+                f" | {med['kl']:.3f} ± {med['kl_se']:.3f}"
                 f" | {med['w2']:.2f} / {med['w2_floor']:.2f} | {med['train_seconds']:.0f}"
                 f" | {med['steps_per_second']:.1f} | {med['sample_seconds']:.2f} | {nfe} |",
                 flush=True,

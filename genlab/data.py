@@ -266,7 +266,8 @@ class _RadialMixture(Toy):
     """Equal mixture of rings of radii ``r_k`` with a uniform angle, plus N(0, sigma^2 I).
 
     Integrating the angle out gives, with ``rho = |x|``,
-    ``p(x) = (1/K) sum_k exp(-(rho^2 + r_k^2) / (2 sigma^2)) I0(rho r_k / sigma^2) / (2 pi sigma^2)``,
+    ``p(x) = (1/K) sum_k exp(-(rho^2 + r_k^2) / (2 sigma^2)) I0(rho r_k / sigma^2)
+    / (2 pi sigma^2)``,
     evaluated stably as ``-(rho - r_k)^2 / (2 sigma^2) + log i0e(rho r_k / sigma^2)`` with
     the exponentially scaled Bessel function ``i0e(z) = exp(-z) I0(z)``.
 
@@ -283,12 +284,18 @@ class _RadialMixture(Toy):
 
     @property
     def covariance(self) -> tuple[Pair, Pair]:
-        return _isotropic_cov(sum(r * r for r in self.radii) / (2 * len(self.radii)) + self.sigma**2)
+        return _isotropic_cov(
+            sum(r * r for r in self.radii) / (2 * len(self.radii)) + self.sigma**2
+        )
 
     def _sample(self, n, g, device):
-        r = torch.tensor(self.radii, dtype=F64, device=device)[_randint(len(self.radii), n, g, device)]
+        r = torch.tensor(self.radii, dtype=F64, device=device)[
+            _randint(len(self.radii), n, g, device)
+        ]
         a = 2 * math.pi * _rand(n, g, device)
-        return r[:, None] * torch.stack([a.cos(), a.sin()], -1) + self.sigma * _randn(n, g, device, 2)
+        return r[:, None] * torch.stack([a.cos(), a.sin()], -1) + self.sigma * _randn(
+            n, g, device, 2
+        )
 
     def _log_prob(self, x):
         rho = x.norm(dim=1, keepdim=True)
@@ -537,7 +544,9 @@ class TwoSpirals(_CurveToy):
 
     def _kernel(self, y: Tensor) -> Tensor:
         u, c = y.abs(), 1 / (self.sigma * math.sqrt(2))
-        return 3 * (torch.special.erfc((u - self.half) * c) - torch.special.erfc((u + self.half) * c))
+        return 3 * (
+            torch.special.erfc((u - self.half) * c) - torch.special.erfc((u + self.half) * c)
+        )
 
     def _log_kernel(self, y: Tensor) -> Tensor:
         u = y.abs()
@@ -552,7 +561,11 @@ class TwoSpirals(_CurveToy):
         far = ~(p > 1e-250)
         if far.any():
             xf = x[far]
-            e = w.log() + self._log_kernel(xf[:, :1] - m[:, 0]) + self._log_kernel(xf[:, 1:] - m[:, 1])
+            e = (
+                w.log()
+                + self._log_kernel(xf[:, :1] - m[:, 0])
+                + self._log_kernel(xf[:, 1:] - m[:, 1])
+            )
             out[far] = torch.logsumexp(e, 1)
         return out
 
@@ -652,7 +665,10 @@ class Pinwheel(Toy):
         f0, f1 = r * b.cos(), r * b.sin()
         sr, st = self.radial_std, self.tangential_std
         return (
-            -(f0 - 1).square() / (2 * sr**2) - f1.square() / (2 * st**2) - _LOG2PI - math.log(sr * st)
+            -(f0 - 1).square() / (2 * sr**2)
+            - f1.square() / (2 * st**2)
+            - _LOG2PI
+            - math.log(sr * st)
         )
 
     def _log_prob(self, x):
@@ -752,7 +768,16 @@ class Pinwheel(Toy):
 
 TOYS: dict[str, type[Toy]] = {
     cls.name: cls
-    for cls in (EightGaussians, Moons, Checkerboard, TwoSpirals, Pinwheel, Rings, Circles, SwissRoll)
+    for cls in (
+        EightGaussians,
+        Moons,
+        Checkerboard,
+        TwoSpirals,
+        Pinwheel,
+        Rings,
+        Circles,
+        SwissRoll,
+    )
 }
 
 
