@@ -110,11 +110,6 @@ class NFECounter:
     def __init__(self) -> None:
         self.count = 0
 
-    def reset(self) -> int:
-        """Set the count to zero and return the count before."""
-        count, self.count = self.count, 0
-        return count
-
     def __repr__(self) -> str:
         return f"NFECounter(count={self.count})"
 
