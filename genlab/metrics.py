@@ -5,10 +5,14 @@
 - W2: the exact 2-Wasserstein distance (POT's network-simplex ``ot.emd2`` on squared
   Euclidean costs, then a square root) between model and data samples, beside ``w2_floor``,
   the same distance between two independent data draws of the same size.
+- The floor: a model whose Jacobian determinant is constant (NICE) cannot get below a
+  per-data-set KL; it is reported beside its KL as ``nice_floor``.
+- Quality against steps: W2 after k steps of each few-step sampler of a :class:`Transport`.
 - Cost: sampling seconds, NFE per sample (velocity evaluations of the batched solve), peak
   memory.
 
-The models are used only through ``log_prob``, ``sample`` and ``nfe``.
+The models are used only through ``log_prob``, ``sample``, ``nfe`` and the capabilities of
+:mod:`genlab.models.base`.
 """
 
 from __future__ import annotations
@@ -23,9 +27,37 @@ import ot
 import torch
 from torch import Tensor
 
-from genlab.models.base import Model
+from genlab.models.base import Model, Stage, Transport
 
-__all__ = ["kl_to_truth", "wasserstein2", "sampling_cost", "peak_memory_mb", "evaluate"]
+__all__ = [
+    "CONSTANT_LOG_DET_FLOOR",
+    "QUALITY_STEPS",
+    "kl_to_truth",
+    "kl_floor",
+    "wasserstein2",
+    "quality_vs_steps",
+    "stage_report",
+    "sampling_cost",
+    "peak_memory_mb",
+    "evaluate",
+]
+
+# The lowest KL (nats) that a flow with a constant Jacobian determinant and a Gaussian prior
+# can reach on each toy (shared/DESIGN.md, "The yardstick", given to 4 decimals);
+# checkerboard's is 1 - ln 2.
+CONSTANT_LOG_DET_FLOOR = {
+    "8gaussians": 0.0008,
+    "moons": 0.0358,
+    "checkerboard": 0.3069,
+    "2spirals": 0.0455,
+    "pinwheel": 0.0008,
+    "rings": 0.0303,
+    "circles": 0.0288,
+    "swissroll": 0.0278,
+}
+
+#: Step counts at which few-step samplers are scored.
+QUALITY_STEPS = (1, 2, 4, 10, 100)
 
 
 @torch.no_grad()
@@ -64,6 +96,45 @@ def wasserstein2(x: Tensor, y: Tensor) -> float:
     return math.sqrt(max(ot.emd2(*w, cost, numItermax=10_000_000), 0.0))
 
 
+def kl_floor(model: Model, toy) -> dict[str, float]:
+    """``{"nice_floor": f}`` for a constant-Jacobian model on a toy with a known floor, else
+    ``{}``: the floor is a fact about the data and the model family."""
+    if model.constant_log_det and toy.name in CONSTANT_LOG_DET_FLOOR:
+        return {"nice_floor": CONSTANT_LOG_DET_FLOOR[toy.name]}
+    return {}
+
+
+@torch.no_grad()
+def quality_vs_steps(
+    model: Model, toy, generator=None, n: int = 2_000, steps: tuple[int, ...] = QUALITY_STEPS
+) -> dict[str, float]:
+    """W2 to ``n`` fresh data points after ``k`` steps of each few-step sampler of ``model``.
+
+    Returns:
+        ``{"w2_<sampler><k>": W2}`` for every sampler in ``model.few_step_samplers`` and every
+        ``k`` in ``steps`` (``w2_euler1``, ...); ``{}`` for a model that is not a Transport.
+    """
+    if not isinstance(model, Transport):
+        return {}
+    data = toy.sample(n, generator).to(model.device)
+    out = {}
+    for name, keywords in model.few_step_samplers.items():
+        for k in steps:
+            xs = model.sample(n, generator, steps=k, **keywords)
+            out[f"w2_{name}{k}"] = wasserstein2(xs, data)
+    return out
+
+
+def stage_report(
+    model: Model, stage: Stage, toy, generator, n: int, data: tuple[Tensor, ...] | None
+) -> dict[str, float]:
+    """What a multi-stage model is worth at the end of one stage: the stage's own diagnostics
+    (e.g. the rectified flow's straightness) and the quality of its few-step samplers."""
+    out = stage.report(generator, n, data) if stage.report is not None else {}
+    out.update(quality_vs_steps(model, toy, generator, n))
+    return out
+
+
 def sampling_cost(model: Model, n: int = 10_000, generator=None, **sample_kwargs) -> dict:
     """Seconds to draw ``n`` samples (after a small warm-up) and NFE per sample."""
     with torch.no_grad():
@@ -99,7 +170,7 @@ def evaluate(
     """The whole yardstick for one model; every random draw comes from ``seed``.
 
     Returns a flat dict: ``nll, test_entropy, entropy, kl, kl_se, w2, w2_floor,
-    sample_seconds`` and, for ODE models, ``nfe``.
+    sample_seconds``, for ODE models ``nfe``, and for constant-Jacobian models ``nice_floor``.
     """
     model.eval()
     device = model.device
@@ -111,4 +182,5 @@ def evaluate(
     out["w2"] = wasserstein2(samples, toy.sample(n_w2, gen))
     out["w2_floor"] = wasserstein2(toy.sample(n_w2, gen), toy.sample(n_w2, gen))
     out.update(sampling_cost(model, n_timing, gen))
+    out.update(kl_floor(model, toy))
     return out

@@ -57,7 +57,8 @@ def tiny_overrides(model: str, data: str = "moons") -> list[str]:
 
 @pytest.fixture
 def compose_cfg():
-    """Compose ``genlab/conf/config.yaml`` with overrides, as the ``genlab`` command does."""
+    """Compose ``conf/config.yaml`` (installed as ``genlab.conf``) with overrides, as the
+    ``genlab`` command does."""
 
     def _compose(overrides: list[str]):
         GlobalHydra.instance().clear()

@@ -1,18 +1,56 @@
-"""The common model interface and the priors.
+"""The common model interface, training stages, capabilities and the priors.
 
 Every genlab model is a :class:`Model`: a ``torch.nn.Module`` with ``loss``, ``log_prob`` and
-``sample`` (named as in ``torch.distributions``). The trainer, metrics, plots and report use
-only this interface.
+``sample`` (named as in ``torch.distributions``), and the list of :class:`Stage` it trains in.
+Models that move noise to data along a path also are a :class:`Transport`. The trainer,
+metrics, plots and report use only these interfaces, never a model's class or name.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Model", "Prior", "StandardNormal", "StandardLogistic", "make_prior", "check_points"]
+__all__ = [
+    "Model",
+    "Stage",
+    "Transport",
+    "Prior",
+    "StandardNormal",
+    "StandardLogistic",
+    "make_prior",
+    "check_points",
+    "check_count",
+]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a model; a model trains in its stages, in order.
+
+    Attributes:
+        name: label of the stage in the progress bar and the log (``"train"``, ``"reflow 1"``).
+        steps: optimiser steps of the stage; ``None`` takes the run's ``train.steps``.
+        loss: ``loss(*batch) -> Tensor``; ``None`` means ``model.loss`` on fresh data batches.
+        make_data: draws the stage's fixed training set once, when the stage starts, as
+            ``make_data(generator) -> tuple of tensors`` with equal first dims (for example
+            reflow's (noise, sample) pairs); batches are rows of it drawn with replacement.
+            ``None``: the stage trains on fresh data batches.
+        report: the model's own diagnostics at the end of the stage,
+            ``report(generator, n, data) -> {name: float}``, where ``data`` is the stage's
+            training set (``None`` for data stages). Only models with more than one stage are
+            reported per stage.
+    """
+
+    name: str = "train"
+    steps: int | None = None
+    loss: Callable[..., Tensor] | None = None
+    make_data: Callable[[torch.Generator], tuple[Tensor, ...]] | None = None
+    report: Callable[[torch.Generator, int, tuple[Tensor, ...] | None], dict] | None = None
 
 
 def check_points(x: Tensor, dim: int) -> None:
@@ -34,11 +72,14 @@ class Model(nn.Module):
 
     Subclasses set ``name`` and implement the three methods below. Models with an internal
     count of velocity evaluations expose it as ``nfe`` (``None`` otherwise); the trainer
-    records it per step.
+    records it per step. ``constant_log_det`` says that the model's Jacobian determinant is
+    the same everywhere (NICE), which bounds its KL from below: the yardstick reports that
+    floor beside it.
     """
 
     name: str = "model"
     dim: int = 2
+    constant_log_det: bool = False
 
     def loss(self, x: Tensor) -> Tensor:
         """Scalar training objective on a data batch ``x`` of shape (B, dim)."""
@@ -52,6 +93,10 @@ class Model(nn.Module):
         """Draw ``n`` samples; returns shape (n, dim)."""
         raise NotImplementedError
 
+    def stages(self) -> list[Stage]:
+        """What the model trains on, in order; one stage on data batches by default."""
+        return [Stage()]
+
     def after_step(self) -> None:
         """Called by the trainer after every optimiser step (e.g. to update an EMA)."""
 
@@ -63,6 +108,32 @@ class Model(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+class Transport:
+    """The capability of models that carry noise (t=0) to data (t=1) along a path.
+
+    Such a model has a density ``log_prob(x, t)`` at every time of the path and can show the
+    paths themselves; the figures draw trajectories and snapshots of p_t for every model that
+    is a ``Transport``. Few-step samplers are listed in ``few_step_samplers``: names mapped to
+    the ``sample`` keywords that select them (the step count is added as ``steps=k``).
+    """
+
+    few_step_samplers: dict[str, dict] = {}
+
+    def log_prob(self, x: Tensor, t: float = 1.0) -> Tensor:
+        """Log-density of ``x`` (B, dim) under the path's marginal at time ``t``; (B,)."""
+        raise NotImplementedError
+
+    def trajectories(
+        self, n: int, generator: torch.Generator | None = None, points: int = 65
+    ) -> Tensor:
+        """Paths of ``n`` noise points at ``points`` equally spaced times from 0 to 1.
+
+        Returns:
+            (points, n, dim), the first entry the noise, the last the samples.
+        """
+        raise NotImplementedError
 
 
 class Prior(nn.Module):

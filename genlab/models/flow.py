@@ -14,13 +14,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from genlab.models.base import Model, StandardNormal, check_count, check_points
+from genlab.models.base import Model, StandardNormal, Transport, check_count, check_points
 from genlab.ode import NFECounter, Solver, transport, transport_logdet
 
 __all__ = ["ContinuousFlow"]
 
 
-class ContinuousFlow(Model):
+class ContinuousFlow(Model, Transport):
     """A model defined by a velocity field and the standard normal prior at t=0.
 
     Arguments:
@@ -29,6 +29,8 @@ class ContinuousFlow(Model):
         likelihood: the solver ``log_prob`` uses; the divergence there is always exact.
         dim: dimension of the data.
     """
+
+    few_step_samplers = {"euler": {"method": "euler"}}
 
     def __init__(
         self, velocity: nn.Module, sampler: Solver, likelihood: Solver, dim: int = 2

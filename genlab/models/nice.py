@@ -12,21 +12,7 @@ from torch import Tensor, nn
 from genlab.models.base import Model, check_count, check_points, make_prior
 from genlab.nn import MLP
 
-__all__ = ["AdditiveCoupling", "DiagonalScaling", "NICE", "NICE_FLOOR"]
-
-# The lowest KL (nats) a flow with a constant Jacobian determinant and a Gaussian prior can
-# reach on each toy (figures from shared/DESIGN.md, "The yardstick"); metrics report NICE's KL
-# beside it. Checkerboard's is 1 - ln 2.
-NICE_FLOOR = {
-    "8gaussians": 0.0008,
-    "moons": 0.0358,
-    "checkerboard": 0.3069,
-    "2spirals": 0.0455,
-    "pinwheel": 0.0008,
-    "rings": 0.0303,
-    "circles": 0.0288,
-    "swissroll": 0.0278,
-}
+__all__ = ["AdditiveCoupling", "DiagonalScaling", "NICE"]
 
 
 class AdditiveCoupling(nn.Module):
@@ -93,6 +79,7 @@ class NICE(Model):
     """
 
     name = "nice"
+    constant_log_det = True  # the couplings' log-det is 0, the scaling's a constant
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from genlab.models.base import check_count, check_points
+from genlab.models.base import Stage, check_count, check_points
 from genlab.models.flow import ContinuousFlow
 from genlab.ode import Solver, transport
 
@@ -80,6 +80,30 @@ class RectifiedFlow(ContinuousFlow):
     @property
     def field(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.velocity
+
+    def stages(self) -> list[Stage]:
+        """Velocity matching on data, then one stage per reflow round on the pairs that the
+        flow trained so far makes; with reflow every stage reports its straightness."""
+        report = self.stage_report if self.reflow else None
+        first = Stage("train", report=report)
+        return [first] + [
+            Stage(
+                f"reflow {r}",
+                steps=self.reflow_steps,
+                loss=self.pair_loss,
+                make_data=lambda g: self.make_pairs(self.reflow_pairs, g),
+                report=report,
+            )
+            for r in range(1, self.reflow + 1)
+        ]
+
+    def stage_report(
+        self, generator: torch.Generator, n: int, pairs: tuple[Tensor, Tensor] | None
+    ) -> dict[str, float]:
+        """Straightness on a stage's pairs (the first ``n``), or on ``n`` fresh pairs of the
+        current flow after a stage on data."""
+        x0, x1 = pairs if pairs is not None else self.make_pairs(n, generator)
+        return {"straightness": self.straightness(x0[:n], x1[:n])}
 
     def after_step(self) -> None:
         if self.ema is not None:

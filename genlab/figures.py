@@ -1,0 +1,121 @@
+"""The figures of one run, chosen by what the model can do, never by its name.
+
+Every model gets ``samples.png``, ``density.png`` (truth | model | log ratio) and
+``samples.npz`` (the arrays the sweep gallery draws). A :class:`genlab.models.base.Transport`
+also gets ``trajectories.png`` (one panel per stage of a multi-stage model) and
+``density_t.png`` (p_t along the path). Per-stage scores of W2 against sampling steps give
+``quality_vs_steps.png``. The drawing itself is in :mod:`genlab.plots`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab import plots
+from genlab.fit import TRAJECTORY_PATHS
+from genlab.models.base import Model, Transport
+
+__all__ = ["SNAPSHOT_TIMES", "RunFigures"]
+
+SNAPSHOT_TIMES = (0.0, 0.25, 0.5, 0.75, 1.0)
+VIEW_POINTS = 5000  # data and model points in the sample scatter plots
+W2_KEY = re.compile(r"w2_([a-z_]+?)(\d+)$")  # "w2_euler10": sampler euler, 10 steps
+
+
+class RunFigures:
+    """Draws one run's figures into ``run_dir``; every draw is seeded by ``seed``.
+
+    Arguments:
+        model, toy: the model (through its public interface) and its data set.
+        run_dir: where the PNGs go.
+        seed: the evaluation seed (the same data view and noise for every model).
+        grid: points per side of the density grids.
+    """
+
+    def __init__(self, model: Model, toy, run_dir: Path, *, seed: int, grid: int) -> None:
+        self.model, self.toy, self.run_dir = model, toy, Path(run_dir)
+        self.seed, self.grid = seed, grid
+        self.title = f"{model.name} on {toy.name}"
+        gen = torch.Generator(model.device).manual_seed(seed)
+        self.data = toy.sample(VIEW_POINTS, gen).numpy(force=True)
+
+    def _gen(self) -> torch.Generator:
+        return torch.Generator(self.model.device).manual_seed(self.seed)
+
+    @torch.no_grad()
+    def _samples(self) -> np.ndarray:
+        return self.model.sample(VIEW_POINTS, self._gen()).numpy(force=True)
+
+    def progress(self, trainer) -> None:
+        """Refresh ``samples.png`` during training (a trainer hook)."""
+        title = f"{self.title}, round {trainer.round} step {trainer.step}"
+        plots.plot_samples(
+            self.data, self._samples(), self.toy.bound, title, self.run_dir / "samples.png"
+        )
+        self.model.train()
+
+    def final(self, steps: int, records: Sequence[dict], w2_floor: float) -> None:
+        """Every figure of the trained model.
+
+        Arguments:
+            steps: optimiser steps in all, for the titles.
+            records: per-stage records of a multi-stage model (``report`` and ``paths``).
+            w2_floor: the data's own W2 noise floor, drawn on the quality figure.
+        """
+        model, bound, title = self.model, self.toy.bound, f"{self.title}, step {steps}"
+        xs = self._samples()
+        plots.plot_samples(self.data, xs, bound, title, self.run_dir / "samples.png")
+        dtype = next(model.parameters()).dtype
+        log_q = plots.grid_log_density(model.log_prob, bound, self.grid, model.device, dtype)
+        log_p = plots.grid_log_density(self.toy.log_prob, bound, self.grid, "cpu", torch.float64)
+        plots.plot_density(log_p, log_q, bound, title, self.run_dir / "density.png")
+        np.savez_compressed(
+            self.run_dir / "samples.npz", samples=xs[:2000], log_density=log_q, bound=bound
+        )
+        if isinstance(model, Transport):
+            self._transport(title, records, dtype)
+        curves = quality_curves(records)
+        if curves:
+            plots.plot_quality_vs_steps(
+                curves,
+                w2_floor,
+                f"{self.title}: W2 vs steps",
+                self.run_dir / "quality_vs_steps.png",
+            )
+
+    def _transport(self, title: str, records: Sequence[dict], dtype: torch.dtype) -> None:
+        model, bound = self.model, self.toy.bound
+        panels = [(f"round {k}", r["paths"].numpy()) for k, r in enumerate(records)]
+        if not panels:
+            paths = model.trajectories(TRAJECTORY_PATHS, self._gen()).numpy(force=True)
+            panels = [("noise (t=0) to samples (t=1)", paths)]
+        plots.plot_trajectories(panels, self.data, bound, title, self.run_dir / "trajectories.png")
+        snaps = {
+            t: self._grid(lambda x, t=t: model.log_prob(x, t=t), dtype) for t in SNAPSHOT_TIMES
+        }
+        plots.plot_density_snapshots(snaps, bound, f"{title}: p_t", self.run_dir / "density_t.png")
+
+    def _grid(self, log_prob: Callable, dtype: torch.dtype) -> np.ndarray:
+        return plots.grid_log_density(
+            log_prob, self.toy.bound, self.grid // 2, self.model.device, dtype
+        )
+
+
+def quality_curves(records: Sequence[dict]) -> dict[str, dict[int, float]]:
+    """``{label: {steps: W2}}`` from the ``w2_<sampler><k>`` entries of per-stage reports.
+
+    A label is the stage (``round k``), with the sampler's name when a model has several.
+    """
+    curves: dict[str, dict[int, float]] = {}
+    samplers = {m.group(1) for r in records for key in r["report"] if (m := W2_KEY.match(key))}
+    for k, record in enumerate(records):
+        for key, value in record["report"].items():
+            if m := W2_KEY.match(key):
+                label = f"round {k}" if len(samplers) == 1 else f"{m.group(1)}, round {k}"
+                curves.setdefault(label, {})[int(m.group(2))] = value
+    return curves

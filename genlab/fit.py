@@ -1,0 +1,200 @@
+"""A run's training: every stage of a model, in order, with checkpoints and exact resume.
+
+A model says what it trains on through ``model.stages()`` (:class:`genlab.models.base.Stage`):
+fresh data batches, or a fixed training set that the stage draws once when it starts (reflow's
+pairs). :class:`Fit` runs one :class:`genlab.trainer.Trainer` per stage and treats every stage
+alike: the checkpoint ``model.pt`` records the stage, its trainer, its training set and the
+random states, so a run stopped anywhere, in any stage, resumes to the same weights as an
+uninterrupted one. A model with several stages is scored at the end of each (the stage's own
+report, W2 against few-step sampling, and its paths for the figures).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from genlab import metrics
+from genlab.models.base import Model, Stage, Transport
+from genlab.runs import CHECKPOINT, load_checkpoint, save_checkpoint
+from genlab.trainer import History, Trainer
+
+__all__ = ["Fit", "TRAJECTORY_PATHS"]
+
+log = logging.getLogger("genlab")
+
+TRAJECTORY_PATHS = 300  # paths recorded per stage for the trajectory figure
+
+Hook = tuple[int, Callable[[Trainer], None]]
+
+
+class Fit:
+    """Fit every stage of ``model`` on ``toy`` and keep ``run_dir`` ready to resume.
+
+    Builds (and so validates) every stage's trainer before anything is written.
+
+    Arguments:
+        model: the model, already on its device.
+        toy: the data set (``sample(n, generator)``).
+        train: the ``train`` config (steps, batch_size, lr, schedule, ..., resume).
+        run_dir: where ``model.pt`` and ``history.csv`` go.
+        seed: seeds the data stream and the stages' training sets.
+        config: the resolved run config, stored in every checkpoint.
+        eval_seed, n_report: generator seed and sample size of the per-stage reports.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        toy,
+        train,
+        run_dir: Path,
+        *,
+        seed: int,
+        config: dict,
+        eval_seed: int,
+        n_report: int,
+    ) -> None:
+        self.model, self.toy, self.run_dir = model, toy, Path(run_dir)
+        self.batch_size, self.resume = train.batch_size, train.resume
+        self.checkpoint_every = train.checkpoint_every
+        self.seed, self.config = seed, config
+        self.eval_seed, self.n_report = eval_seed, n_report
+        self.stages: list[Stage] = model.stages()
+        self.trainers = [
+            Trainer(
+                model,
+                steps=train.steps if stage.steps is None else stage.steps,
+                lr=train.lr,
+                schedule=train.schedule,
+                warmup_steps=train.warmup_steps,
+                grad_clip=train.grad_clip,
+                max_seconds=train.max_seconds,
+                log_every=train.log_every,
+                progress=train.progress,
+                round_=k,
+                desc=f"{model.name} {stage.name}" if k else model.name,
+            )
+            for k, stage in enumerate(self.stages)
+        ]
+        device = model.device
+        self.data_gen = torch.Generator(device).manual_seed(seed)
+        self.history = History()
+        self.stage = 0  # index of the stage in progress
+        self.stage_data: tuple[Tensor, ...] | None = None  # its fixed training set, if any
+        self.records: list[dict] = []  # per finished stage of a multi-stage model
+
+    # ----------------------------------------------------------------- checkpoints
+    def save(self, trainer: Trainer) -> None:
+        """Write ``model.pt`` (atomically) and ``history.csv`` at ``trainer``'s step."""
+        save_checkpoint(
+            self.run_dir / CHECKPOINT,
+            {
+                "model": self.model.state_dict(),
+                "config": self.config,
+                "stage": trainer.round,
+                "trainer": trainer.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "data": self.data_gen.get_state()},
+                "stage_data": self.stage_data,
+                "records": self.records,
+            },
+        )
+        self.history.write(self.run_dir / "history.csv")
+
+    def restore(self) -> None:
+        """Continue from ``model.pt`` in the run dir (when ``train.resume`` is set)."""
+        if not (self.run_dir / CHECKPOINT).exists():
+            log.info("train.resume=true but %s has no %s: starting fresh", self.run_dir, CHECKPOINT)
+            return
+        ckpt = load_checkpoint(self.run_dir, map_location=self.model.device)
+        self.model.load_state_dict(ckpt["model"])
+        k = ckpt["stage"]
+        self.trainers[k].load_state_dict(ckpt["trainer"])
+        self.records = ckpt["records"]
+        for done, record in zip(self.trainers[:k], self.records, strict=False):
+            done.step, done.seconds = record["steps"], record["seconds"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.data_gen.set_state(ckpt["rng"]["data"].to(self.data_gen.device))
+        self.stage = k
+        self.stage_data = None if ckpt["stage_data"] is None else tuple(ckpt["stage_data"])
+        self.history = History.read(self.run_dir / "history.csv")
+        self.history.truncate(k, self.trainers[k].step)
+        log.info("resumed %s at stage %d step %d", self.run_dir, k, self.trainers[k].step)
+
+    # ----------------------------------------------------------------- training
+    def _batches(self, k: int, stage: Stage, trainer: Trainer) -> Callable[[], tuple]:
+        """The stage's batch source: fresh data, or rows of its fixed training set."""
+        device, batch = self.model.device, self.batch_size
+        if stage.make_data is None:
+            self.stage_data = None
+            return lambda: (self.toy.sample(batch, self.data_gen).to(device),)
+        if self.stage_data is None or trainer.step == 0:
+            start = time.perf_counter()
+            gen = torch.Generator(device).manual_seed(self.seed + 1000 * k)
+            self.stage_data = tuple(stage.make_data(gen))
+            trainer.seconds += time.perf_counter() - start  # part of the stage's cost
+        data = self.stage_data
+
+        def next_batch() -> tuple[Tensor, ...]:
+            idx = torch.randint(len(data[0]), (batch,), generator=self.data_gen, device=device)
+            return tuple(x[idx] for x in data)
+
+        return next_batch
+
+    def _record(self, k: int, stage: Stage, trainer: Trainer) -> None:
+        """Score a multi-stage model at the end of stage ``k`` (once, also across resumes)."""
+        if len(self.stages) == 1 or len(self.records) > k:
+            return
+        gen = torch.Generator(self.model.device).manual_seed(self.eval_seed)
+        data = self.stage_data if stage.make_data is not None else None
+        report = metrics.stage_report(self.model, stage, self.toy, gen, self.n_report, data)
+        log.info("stage %d: %s", k, ", ".join(f"{key} {v:.4f}" for key, v in report.items()))
+        paths = None
+        if isinstance(self.model, Transport):
+            paths = self.model.trajectories(TRAJECTORY_PATHS, gen).cpu()
+        record = {"steps": trainer.step, "seconds": trainer.seconds, "report": report}
+        self.records.append({**record, "paths": paths})
+
+    def run(self, hooks: Sequence[Hook] = ()) -> None:
+        """Train every stage from where the run stands; checkpoint at each stage's end.
+
+        Arguments:
+            hooks: extra ``(every, fn)`` pairs run every ``every`` steps (e.g. a sample plot).
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            self.restore()
+        for k in range(self.stage, len(self.stages)):
+            stage, trainer = self.stages[k], self.trainers[k]
+            self.stage = k
+            next_batch = self._batches(k, stage, trainer)
+            if not trainer.done:
+                every = [(self.checkpoint_every, self.save), *hooks]
+                trainer.fit(next_batch, self.history, stage.loss, every)
+            self._record(k, stage, trainer)
+            self.save(trainer)
+
+    # ----------------------------------------------------------------- results
+    def summary(self) -> dict:
+        """Training cost and per-stage scores, as flat ``metrics.json`` entries."""
+        steps = sum(t.step for t in self.trainers)
+        seconds = sum(t.seconds for t in self.trainers)
+        out = {
+            "steps": steps,
+            "train_seconds": seconds,
+            "steps_per_second": steps / max(seconds, 1e-9),
+        }
+        nfe_rows = [r for r in self.history.rows if r["nfe_forward"] != ""]
+        if nfe_rows:
+            total = [int(r["nfe_forward"]) + int(r["nfe_backward"]) for r in nfe_rows]
+            k = min(10, len(total))
+            out["train_nfe_first"] = sum(total[:k]) / k
+            out["train_nfe_last"] = sum(total[-k:]) / k
+        for k, record in enumerate(self.records):
+            out.update({f"round{k}_{key}": v for key, v in record["report"].items()})
+        return out
