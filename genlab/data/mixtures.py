@@ -1,0 +1,163 @@
+"""The closed-form toys: 8gaussians, checkerboard, rings and circles.
+
+Each density is exact in closed form: a Gaussian mixture, a uniform on squares, or a ring
+mixture with the angle integrated out through the Bessel function I0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from genlab.data.base import F64, Pair, Toy, _isotropic_cov, _rand, _randint, _randn
+
+__all__ = ["EightGaussians", "Checkerboard", "Rings", "Circles"]
+
+
+class EightGaussians(Toy):
+    """Eight Gaussians on a circle.
+
+    ``x = c_k + sigma * eps``, ``k`` uniform in 0..7, ``c_k = (4/1.414)(cos k pi/4, sin k pi/4)``,
+    ``sigma = 0.5/1.414`` (FFJORD divides by 1.414, not sqrt 2);
+    ``log p(x) = logsumexp_k(-|x - c_k|^2 / (2 sigma^2)) - log 8 - log(2 pi sigma^2)``.
+
+    References:
+        Grathwohl et al. 2019, FFJORD (the "8gaussians" toy).
+    """
+
+    name = "8gaussians"
+    bound = 5.0
+    radius = 4 / 1.414
+    sigma = 0.5 / 1.414
+
+    def _centres(self, device=None) -> Tensor:
+        a = torch.arange(8, dtype=F64, device=device) * (math.pi / 4)
+        return self.radius * torch.stack([a.cos(), a.sin()], -1)
+
+    @property
+    def mean(self) -> Pair:
+        return (0.0, 0.0)
+
+    @property
+    def covariance(self) -> tuple[Pair, Pair]:
+        return _isotropic_cov(self.radius**2 / 2 + self.sigma**2)
+
+    def _sample(self, n, g, device):
+        k = _randint(8, n, g, device)
+        return self._centres(device)[k] + self.sigma * _randn(n, g, device, 2)
+
+    def _log_prob(self, x):
+        d2 = (x[:, None, :] - self._centres(x.device)).square().sum(-1)
+        s2 = self.sigma**2
+        return torch.logsumexp(-d2 / (2 * s2), 1) - math.log(8) - math.log(2 * math.pi * s2)
+
+
+class Checkerboard(Toy):
+    """Uniform on the 8 black squares of a 4 x 4 checkerboard of side 8.
+
+    FFJORD: ``x1 = 4U - 2``, ``x2 = U' - 2 randint(0, 2) + (floor(x1) mod 2)``, point * 2.
+    The support is the union of half-open squares ``[2i, 2i+2) x [2j, 2j+2)`` with
+    ``i, j in {-2, ..., 1}`` and ``i + j`` even; ``log p = -log 32`` there, ``-inf`` elsewhere.
+    Boundary convention: each square contains its lower and left edges, not its upper and
+    right ones (as the sampler, which draws ``U`` in [0, 1)). Float32 samples are clamped
+    into their square so that rounding never moves one onto an excluded edge.
+
+    References:
+        Grathwohl et al. 2019, FFJORD (the "checkerboard" toy).
+    """
+
+    name = "checkerboard"
+    bound = 4.0
+
+    @property
+    def mean(self) -> Pair:
+        return (0.0, 0.0)
+
+    @property
+    def covariance(self) -> tuple[Pair, Pair]:
+        # each coordinate is uniform on [-4, 4); the column means -3, -1, 1, 3 pair with the
+        # row means -1, 1, -1, 1: E[x1 x2] = (3 - 1 - 1 + 3) / 4 = 1
+        return ((16 / 3, 1.0), (1.0, 16 / 3))
+
+    def _sample(self, n, g, device):
+        x1 = 4 * _rand(n, g, device) - 2
+        x2 = _rand(n, g, device) - 2 * _randint(2, n, g, device) + torch.floor(x1) % 2
+        x = 2 * torch.stack([x1, x2], -1)
+        upper = (2 * torch.floor(x / 2) + 2).float()
+        return torch.minimum(x.float(), torch.nextafter(upper, upper.new_tensor(-math.inf)))
+
+    def _log_prob(self, x):
+        ij = torch.floor(x / 2)
+        inside = ((ij >= -2) & (ij <= 1)).all(1) & (ij.sum(1) % 2 == 0)
+        return torch.where(inside, -math.log(32), -math.inf)
+
+
+class _RadialMixture(Toy):
+    """Equal mixture of rings of radii ``r_k`` with a uniform angle, plus N(0, sigma^2 I).
+
+    Integrating the angle out gives, with ``rho = |x|``,
+    ``p(x) = (1/K) sum_k exp(-(rho^2 + r_k^2) / (2 sigma^2)) I0(rho r_k / sigma^2)
+    / (2 pi sigma^2)``,
+    evaluated stably as ``-(rho - r_k)^2 / (2 sigma^2) + log i0e(rho r_k / sigma^2)`` with
+    the exponentially scaled Bessel function ``i0e(z) = exp(-z) I0(z)``.
+
+    References:
+        Grathwohl et al. 2019, FFJORD (the "rings" and "circles" toys).
+    """
+
+    radii: tuple[float, ...] = ()
+    sigma: float = 0.1
+
+    @property
+    def mean(self) -> Pair:
+        return (0.0, 0.0)
+
+    @property
+    def covariance(self) -> tuple[Pair, Pair]:
+        return _isotropic_cov(
+            sum(r * r for r in self.radii) / (2 * len(self.radii)) + self.sigma**2
+        )
+
+    def _sample(self, n, g, device):
+        r = torch.tensor(self.radii, dtype=F64, device=device)[
+            _randint(len(self.radii), n, g, device)
+        ]
+        a = 2 * math.pi * _rand(n, g, device)
+        return r[:, None] * torch.stack([a.cos(), a.sin()], -1) + self.sigma * _randn(
+            n, g, device, 2
+        )
+
+    def _log_prob(self, x):
+        rho = x.norm(dim=1, keepdim=True)
+        r = torch.tensor(self.radii, dtype=F64, device=x.device)
+        s2 = self.sigma**2
+        t = -(rho - r).square() / (2 * s2) + torch.special.i0e(rho * r / s2).log()
+        return torch.logsumexp(t, 1) - math.log(len(self.radii)) - math.log(2 * math.pi * s2)
+
+
+class Rings(_RadialMixture):
+    """Four rings, radii 3, 2.25, 1.5, 0.75, equal weights, sigma 0.08 (see ``_RadialMixture``).
+
+    References:
+        Grathwohl et al. 2019, FFJORD (the "rings" toy).
+    """
+
+    name = "rings"
+    bound = 4.0
+    radii = (3.0, 2.25, 1.5, 0.75)
+    sigma = 0.08
+
+
+class Circles(_RadialMixture):
+    """Two circles, radii 3 and 1.5, equal weights, sigma 0.24 (see ``_RadialMixture``).
+
+    References:
+        Grathwohl et al. 2019, FFJORD (the "circles" toy).
+    """
+
+    name = "circles"
+    bound = 4.5
+    radii = (3.0, 1.5)
+    sigma = 0.24
