@@ -2,8 +2,9 @@
 
 Reads each run's ``metrics.json`` (and ``samples.npz`` for the gallery) below the sweep dir and
 writes ``leaderboard.md``, ``leaderboard.csv`` and ``gallery.png`` into it. A run whose files are
-missing or corrupt is named with the reason and left out; the others are still reported. Hydra
-sweeps call it at the end through :class:`SweepReport`.
+missing or corrupt is named with the reason and left out; the others are still reported. Data
+sets and models appear in the order the sweep was given (see :func:`sweep_order`). Hydra sweeps
+call it at the end through :class:`SweepReport`.
 """
 
 from __future__ import annotations
@@ -13,31 +14,23 @@ import csv
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from hydra.experimental.callback import Callback
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from genlab import plots  # noqa: F401  (sets the headless Agg backend)
 from genlab.data import get_toy
 
-__all__ = ["collect", "write_report", "SweepReport", "main"]
+__all__ = ["collect", "sweep_order", "write_report", "SweepReport", "main"]
 
 log = logging.getLogger("genlab")
 
-MODEL_ORDER = ("nice", "cnf", "rectified_flow")
-DATA_ORDER = (
-    "8gaussians",
-    "moons",
-    "checkerboard",
-    "2spirals",
-    "pinwheel",
-    "rings",
-    "circles",
-    "swissroll",
-)
 COLUMNS = (
     "data",
     "model",
@@ -55,22 +48,59 @@ COLUMNS = (
 )
 
 
-def _order(value: str, order: tuple[str, ...]) -> tuple[int, str]:
-    return (order.index(value) if value in order else len(order), value)
+def sweep_order(runs: list[dict], key: str) -> list[str]:
+    """The distinct values of ``key`` (``"data"`` or ``"model"``) in the sweep's order.
+
+    Hydra's sweepers (basic, joblib, submitit) number the jobs of ``model=nice,cnf data=a,b``
+    (or of an experiment's ``hydra.sweeper.params``) along the cartesian product in the order
+    given, so a value's place is the first job number ``job`` among the runs holding it. Values
+    seen only in runs without a job number (hand-made dirs, single runs) follow, alphabetically.
+
+    Arguments:
+        runs: dicts with ``key`` and ``job``, the run's Hydra job number or ``None``.
+
+    Returns:
+        The values, each once, first-swept first.
+    """
+    first: dict[str, float] = {}
+    for m in runs:
+        job = math.inf if m.get("job") is None else m["job"]
+        first[m[key]] = min(first.get(m[key], math.inf), job)
+    return sorted(first, key=lambda value: (first[value], value))
+
+
+def _job_num(run_dir: Path) -> int | None:
+    """``hydra.job.num`` from the run's ``.hydra/hydra.yaml``; ``None`` if it has none."""
+    try:
+        num = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return num if isinstance(num, int) else None
 
 
 def collect(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
-    """Every run's metrics below ``sweep_dir``, sorted by data then model.
+    """Every run's metrics below ``sweep_dir``, sorted by data then model in sweep order.
+
+    Raises ``FileNotFoundError`` if the dir is missing and ``ValueError`` if it is a single run
+    (it holds ``metrics.json`` and no run lies below it).
 
     Returns:
-        ``(runs, problems)``: one dict per good run (its metrics plus ``run``, the run dir),
-        and one line per run that could not be read, naming the file and the reason.
+        ``(runs, problems)``: one dict per good run (its metrics plus ``run``, the run dir, and
+        ``job``, its Hydra job number or ``None``), and one line per run that could not be read,
+        naming the file and the reason.
     """
     root = Path(sweep_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"no such sweep dir: {root}")
+    paths = sorted(root.rglob("metrics.json"))
+    if paths == [root / "metrics.json"]:
+        parent = Path(os.path.abspath(root)).parent
+        raise ValueError(
+            f"{root} is a single run, not a sweep dir: expected a sweep dir, "
+            f"e.g. its parent {parent}"
+        )
     runs, problems = [], []
-    for path in sorted(root.rglob("metrics.json")):
+    for path in paths:
         try:
             m = json.loads(path.read_text())
             if not isinstance(m, dict):
@@ -82,8 +112,10 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
             problems.append(f"{path}: {e}")
             continue
         m["run"] = str(path.parent.relative_to(root))
+        m["job"] = _job_num(path.parent)
         runs.append(m)
-    runs.sort(key=lambda m: (_order(m["data"], DATA_ORDER), _order(m["model"], MODEL_ORDER)))
+    datas, models = sweep_order(runs, "data"), sweep_order(runs, "model")
+    runs.sort(key=lambda m: (datas.index(m["data"]), models.index(m["model"])))
     return runs, problems
 
 
@@ -93,6 +125,13 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return "inf" if math.isinf(value) else f"{value:.{digits}f}"
     return str(value)
+
+
+def _seconds(value) -> str:
+    """About three significant figures: 2 decimals under 10 s, 1 under 100 s, then none."""
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return _fmt(value)
+    return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f}"
 
 
 def leaderboard_markdown(runs: list[dict]) -> str:
@@ -117,7 +156,7 @@ def leaderboard_markdown(runs: list[dict]) -> str:
             f"{_fmt(m['kl'])} ± {_fmt(m.get('kl_se'))}",
             _fmt(m.get("nice_floor"), 4),
             f"{_fmt(m['w2'], 2)} / {_fmt(m.get('w2_floor'), 2)}",
-            _fmt(m.get("train_seconds"), 0),
+            _seconds(m.get("train_seconds")),
             _fmt(m.get("steps")),
             _fmt(m.get("sample_seconds"), 2),
             _fmt(m.get("nfe")),
@@ -127,16 +166,18 @@ def leaderboard_markdown(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw_gallery(root: Path, runs: list[dict], path: Path) -> None:
-    """One column per data set: the data on top, then each model's samples and density."""
-    import matplotlib.pyplot as plt
+def draw_gallery(root: Path, runs: list[dict]) -> Figure:
+    """One column per data set: the data on top, then each model's samples and density.
 
-    datas = sorted({m["data"] for m in runs}, key=lambda d: _order(d, DATA_ORDER))
-    models = sorted({m["model"] for m in runs}, key=lambda d: _order(d, MODEL_ORDER))
+    Returns:
+        A figure on an Agg canvas (no pyplot state to close), laid out so that the title and
+        every label lie inside it.
+    """
+    datas, models = sweep_order(runs, "data"), sweep_order(runs, "model")
     rows = 1 + 2 * len(models)
-    fig, axes = plt.subplots(
-        rows, len(datas), figsize=(2.1 * len(datas), 2.1 * rows), squeeze=False
-    )
+    fig = Figure(figsize=(2.1 * len(datas), 2.1 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, len(datas), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -164,17 +205,19 @@ def draw_gallery(root: Path, runs: list[dict], path: Path) -> None:
             ax_s.set_title(f"KL {m['kl']:.3f}", fontsize=7)
             ax_d.imshow(np.exp(logd), origin="lower", extent=(-bound, bound, -bound, bound))
     axes[0, 0].set_ylabel("data", fontsize=8)
-    fig.suptitle(f"genlab gallery: {root.name}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    title = fig.suptitle(f"genlab gallery: {root.name}")
+    # One column is narrower than the title: widen the figure to fit it (constrained layout fits
+    # the rest, but it never grows the canvas).
+    width = title.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi + 0.3
+    fig.set_figwidth(max(fig.get_figwidth(), width))
+    return fig
 
 
 def write_report(sweep_dir: str | Path) -> list[dict]:
     """Write ``leaderboard.md``, ``leaderboard.csv`` and ``gallery.png`` into ``sweep_dir``.
 
-    Raises ``FileNotFoundError`` if the dir is missing and ``ValueError`` if it holds no
-    readable run; unreadable runs are logged and skipped.
+    Raises ``FileNotFoundError`` if the dir is missing and ``ValueError`` if it is a single run
+    or holds no readable run; unreadable runs are logged and skipped.
     """
     root = Path(sweep_dir)
     runs, problems = collect(root)
@@ -188,8 +231,8 @@ def write_report(sweep_dir: str | Path) -> list[dict]:
         writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(runs)
-    draw_gallery(root, runs, root / "gallery.png")
-    log.info("report of %d runs written to %s", len(runs), root)
+    draw_gallery(root, runs).savefig(root / "gallery.png", dpi=100)
+    log.info("report of %d run%s written to %s", len(runs), "" if len(runs) == 1 else "s", root)
     return runs
 
 

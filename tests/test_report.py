@@ -1,16 +1,18 @@
 """The sweep report, the yardstick's fixed points and sweeps through Hydra's launchers."""
 
 import json
+import logging
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from genlab.data import get_toy
 from genlab.metrics import kl_to_truth, wasserstein2
 from genlab.models.base import Model
-from genlab.report import collect, main, write_report
+from genlab.report import collect, draw_gallery, leaderboard_markdown, main, write_report
 from tests.conftest import tiny_overrides
 
 
@@ -49,9 +51,15 @@ def test_w2_of_data_against_itself_is_zero_and_the_floor_is_small():
     assert 0 < floor < shifted == pytest.approx(1.0, abs=1e-6)
 
 
-def fake_run(root, name, model, data, **extra):
+def fake_run(root, name, model, data, job=None, **extra):
+    """A run dir with metrics.json and, given ``job``, Hydra's ``.hydra/hydra.yaml``."""
     run = root / name
     run.mkdir(parents=True)
+    if job is not None:
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "hydra.yaml").write_text(
+            f"hydra:\n  job:\n    name: genlab\n    num: {job}\n"
+        )
     metrics = {
         "model": model,
         "data": data,
@@ -73,7 +81,7 @@ def test_report_keeps_good_runs_and_names_the_bad(tmp_path, capsys):
     (tmp_path / "2").mkdir()
     (tmp_path / "2" / "metrics.json").write_text("{not json")
     runs, problems = collect(tmp_path)
-    assert [r["model"] for r in runs] == ["nice", "cnf"]
+    assert [r["model"] for r in runs] == ["cnf", "nice"]  # no job numbers: alphabetical
     assert len(problems) == 1 and "2/metrics.json" in problems[0]
     assert main([str(tmp_path)]) == 0
     board = (tmp_path / "leaderboard.md").read_text()
@@ -81,6 +89,90 @@ def test_report_keeps_good_runs_and_names_the_bad(tmp_path, capsys):
     assert "| moons | cnf |" in board
     assert (tmp_path / "leaderboard.csv").read_text().count("\n") == 3
     assert (tmp_path / "gallery.png").stat().st_size > 0
+
+
+# Job numbers in the order of `-m model=rectified_flow,cnf data=moons,checkerboard` (less one
+# job): neither alphabetical, nor the run dirs' names, nor the old hand-kept registry's order.
+SWEEP = [("rectified_flow", "moons"), ("rectified_flow", "checkerboard"), ("cnf", "moons")]
+
+
+@pytest.mark.parametrize("hydra", [True, False])
+def test_report_orders_data_and_models_as_swept_else_alphabetically(tmp_path, hydra):
+    for job, (model, data) in enumerate(SWEEP):
+        fake_run(tmp_path, f"{9 - job}_{model}_{data}", model, data, job=job if hydra else None)
+    runs, _ = collect(tmp_path)
+    got = [(r["data"], r["model"]) for r in runs]
+    if hydra:
+        assert got == [
+            ("moons", "rectified_flow"),
+            ("moons", "cnf"),
+            ("checkerboard", "rectified_flow"),
+        ]
+        assert [r["job"] for r in runs] == [0, 2, 1]
+    else:
+        assert got == [
+            ("checkerboard", "rectified_flow"),
+            ("moons", "cnf"),
+            ("moons", "rectified_flow"),
+        ]
+        assert [r["job"] for r in runs] == [None] * 3
+
+
+def test_report_refuses_a_single_run_dir_and_names_its_sweep(tmp_path, capsys):
+    run = fake_run(tmp_path / "sweep", "0_nice_moons", "nice", "moons", job=0)
+    assert main([str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{run} is a single run" in err and "expected a sweep dir" in err
+    assert err.rstrip().endswith(str(tmp_path / "sweep"))
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "metrics.json"]
+    assert main([str(tmp_path / "sweep")]) == 0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_report_log_line_counts_runs_in_words(tmp_path, caplog, n):
+    for i in range(n):
+        fake_run(tmp_path, str(i), "nice", ["moons", "rings"][i])
+    with caplog.at_level(logging.INFO, logger="genlab"):
+        write_report(tmp_path)
+    assert f"report of {n} {'run' if n == 1 else 'runs'} written" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "seconds, shown",
+    [(0.3, "0.30"), (0.0589, "0.06"), (12.04, "12.0"), (91.0, "91.0"), (1234.4, "1234")],
+)
+def test_leaderboard_shows_train_seconds_to_three_figures(seconds, shown):
+    row = {"model": "nice", "data": "moons", "kl": 0.1, "w2": 0.3, "train_seconds": seconds}
+    line = leaderboard_markdown([row]).splitlines()[2]
+    assert line.split(" | ")[5] == shown
+
+
+@pytest.mark.parametrize("datas", [["moons"], ["moons", "8gaussians", "rings"]])
+def test_gallery_title_and_labels_lie_inside_the_canvas(tmp_path, datas):
+    sweep = tmp_path / "2026-11-26_23-06-39_a_long_sweep_name"
+    rng = np.random.default_rng(0)
+    for job, data in enumerate(datas):
+        run = fake_run(sweep, f"{job}_rectified_flow_{data}", "rectified_flow", data, job=job)
+        np.savez(
+            run / "samples.npz",
+            samples=rng.normal(size=(100, 2)),
+            log_density=rng.normal(size=(8, 8)),
+            bound=4.0,
+        )
+    runs, _ = collect(sweep)
+    fig = draw_gallery(sweep, runs)
+    fig.canvas.draw()
+    paper, inked = fig.bbox_inches, fig.get_tightbbox()  # inches
+    assert paper.x0 <= inked.x0 and inked.x1 <= paper.x1
+    assert paper.y0 <= inked.y0 and inked.y1 <= paper.y1
+    (title,) = fig.texts
+    assert title.get_text() == f"genlab gallery: {sweep.name}"
+    labels = [t for ax in fig.axes for t in (ax.title, ax.yaxis.label) if t.get_text()]
+    for text in [title, *labels]:
+        box = text.get_window_extent()  # pixels
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, text.get_text()
+        assert fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, text.get_text()
 
 
 @pytest.mark.parametrize("make", ["missing", "empty", "only_bad"])
@@ -126,4 +218,5 @@ def test_multirun_sweep_writes_runs_and_report(tmp_path, launcher):
     }
     board = (sweep / "leaderboard.md").read_text()
     assert "| moons | nice |" in board and "| 8gaussians | nice |" in board
+    assert board.index("| moons |") < board.index("| 8gaussians |")  # the sweep's order
     assert (sweep / "gallery.png").is_file()
