@@ -1,8 +1,9 @@
 """Figures: samples, density against the truth, trajectories, density snapshots, quality vs steps.
 
 Headless (Agg). Every 2D panel has equal aspect and axis labels; every figure is titled with
-model, data and step. Functions take arrays (or a model, through its public interface) and a
-path, write one PNG and return nothing.
+model, data and step. Every figure is laid out by constrained layout, sized so that its square
+panels fill it, so no label is clipped and no margin is wasted. Functions take arrays (or a
+model, through its public interface) and a path, write one PNG and return nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = [
     "grid_points",
@@ -30,6 +33,9 @@ __all__ = [
 GRID = 200  # points per side of density grids
 RATIO_CLIP = 3.0  # |log(model/truth)| shown up to this many nats
 NEGLIGIBLE = 1e-3  # density below this fraction of the truth's peak counts as no mass
+NEGLIGIBLE_COLOR = "0.75"  # grey: where the ratio panel has nothing to show
+TIME_CMAP = "plasma"  # colour of t along trajectories; noise and sample dots use its two ends
+DPI = 110
 
 
 def grid_points(bound: float, n: int = GRID) -> torch.Tensor:
@@ -61,17 +67,32 @@ def _scatter(ax, x: np.ndarray, color: str) -> None:
     ax.scatter(x[:, 0], x[:, 1], s=1.5, alpha=0.35, color=color, linewidths=0, rasterized=True)
 
 
+def _figure(ncols: int, panel: float, extra_width: float = 0.0, extra_height: float = 0.0):
+    """A constrained-layout row of ``ncols`` axes for square panels about ``panel`` inches wide.
+
+    The size leaves room for tick labels, axis labels, panel titles and the suptitle (and
+    ``extra_width``/``extra_height`` inches for colour bars or captions), so equal-aspect
+    panels fill the figure instead of floating in blank margins.
+    """
+    size = (ncols * (panel + 0.6) + 0.1 + extra_width, panel + 1.0 + extra_height)
+    fig, axes = plt.subplots(1, ncols, figsize=size, squeeze=False, layout="constrained")
+    return fig, axes[0]
+
+
+def _save(fig: Figure, path) -> None:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
 def plot_samples(data: np.ndarray, samples: np.ndarray, bound: float, title: str, path) -> None:
     """Data and model samples side by side on the same axes."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), sharex=True, sharey=True)
+    fig, axes = _figure(2, panel=4.0)
     _scatter(axes[0], data, "0.2")
     _square(axes[0], bound, f"data ({len(data)})")
     _scatter(axes[1], samples, "tab:blue")
     _square(axes[1], bound, f"model samples ({len(samples)})")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_density(log_truth: np.ndarray, log_model: np.ndarray, bound: float, title: str, path):
@@ -79,27 +100,38 @@ def plot_density(log_truth: np.ndarray, log_model: np.ndarray, bound: float, tit
 
     The ratio panel is clipped to +-RATIO_CLIP nats: red where the model puts too much mass,
     blue where too little; where the truth is 0 (outside a support) it shows +RATIO_CLIP, and
-    where both densities are below NEGLIGIBLE times the truth's peak it shows 0 (white).
+    where both densities are below NEGLIGIBLE times the truth's peak it is masked in
+    NEGLIGIBLE_COLOR (grey), which a caption under the panel explains.
     """
     p, q = np.exp(log_truth), np.exp(log_model)
     vmax = max(p.max(), 1e-12)
     extent = (-bound, bound, -bound, bound)
     with np.errstate(invalid="ignore"):
         ratio = np.clip(np.nan_to_num(log_model - log_truth, nan=0.0), -RATIO_CLIP, RATIO_CLIP)
-    ratio[np.maximum(p, q) < NEGLIGIBLE * vmax] = 0.0  # neither has mass here: nothing to show
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
+    ratio[np.maximum(p, q) < NEGLIGIBLE * vmax] = np.nan  # neither has mass: nothing to show
+    fig, axes = _figure(3, panel=3.6, extra_width=1.4, extra_height=0.1)
     for ax, img, name in ((axes[0], p, "truth"), (axes[1], q, "model")):
         im = ax.imshow(img, origin="lower", extent=extent, cmap="viridis", vmin=0, vmax=vmax)
         _square(ax, bound, f"{name} density")
-    fig.colorbar(im, ax=axes[:2].tolist(), shrink=0.8, label="density")
+    fig.colorbar(im, ax=axes[1], shrink=0.8, label="density")  # shared by the first two
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad=NEGLIGIBLE_COLOR)
     im = axes[2].imshow(
-        ratio, origin="lower", extent=extent, cmap="RdBu_r", vmin=-RATIO_CLIP, vmax=RATIO_CLIP
+        ratio, origin="lower", extent=extent, cmap=cmap, vmin=-RATIO_CLIP, vmax=RATIO_CLIP
     )
     _square(axes[2], bound, "log(model / truth)")
+    axes[2].annotate(
+        f"grey: both densities < {NEGLIGIBLE:g} × truth's peak",
+        xy=(0.5, 0),
+        xycoords=axes[2].xaxis.label,
+        xytext=(0, -3),
+        textcoords="offset points",
+        ha="center",
+        va="top",
+        fontsize="small",
+    )
     fig.colorbar(im, ax=axes[2], shrink=0.8, label="nats")
     fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_trajectories(
@@ -108,47 +140,54 @@ def plot_trajectories(
     """Paths from noise (t=0) to data (t=1), one panel per ``(label, paths)``.
 
     ``paths`` has shape (T, n, 2) at equally spaced times from 0 to 1; segments are coloured
-    by time over a grey scatter of the data.
+    by time with TIME_CMAP over a grey scatter of the data, and the end points are dots in the
+    colour map's own colours for t=0 and t=1, edged so that they stand out from the paths.
     """
-    k = len(panels)
-    fig, axes = plt.subplots(1, k, figsize=(4.8 * k + 0.8, 4.8), squeeze=False)
-    for ax, (label, paths) in zip(axes[0], panels, strict=True):
+    cmap = plt.get_cmap(TIME_CMAP)
+    fig, axes = _figure(len(panels), panel=4.2, extra_width=0.6)
+    for ax, (label, paths) in zip(axes, panels, strict=True):
         _scatter(ax, data, "0.75")
         T = paths.shape[0]
         seg = np.stack([paths[:-1], paths[1:]], axis=2)  # (T-1, n, 2, 2)
         times = np.repeat(np.linspace(0, 1, T - 1), paths.shape[1])
-        lc = LineCollection(seg.reshape(-1, 2, 2), cmap="plasma", linewidths=0.6, alpha=0.7)
+        lc = LineCollection(seg.reshape(-1, 2, 2), cmap=cmap, linewidths=0.6, alpha=0.7)
         lc.set_array(times)
+        lc.set_clim(0, 1)
         ax.add_collection(lc)
-        ax.scatter(*paths[0].T, s=2, color="tab:blue", label="t=0 (noise)", zorder=3)
-        ax.scatter(*paths[-1].T, s=2, color="tab:red", label="t=1 (sample)", zorder=3)
+        for t, end, edge, name in ((0, paths[0], "white", "noise"), (1, paths[-1], "k", "sample")):
+            ax.scatter(
+                *end.T,
+                s=9,
+                color=cmap(float(t)),
+                edgecolors=edge,
+                linewidths=0.4,
+                label=f"t={t} ({name})",
+                zorder=3,
+            )
         _square(ax, bound, label)
-    axes[0, 0].legend(loc="upper left", fontsize=7, markerscale=3)
-    fig.colorbar(lc, ax=axes[0].tolist(), shrink=0.8, label="t")
+    axes[0].legend(loc="upper left", fontsize=7, markerscale=2)
+    # Shared by all panels; opaque, so that its ends are exactly the colours of the dots.
+    fig.colorbar(ScalarMappable(lc.norm, cmap), ax=axes[-1], shrink=0.8, label="t")
     fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_density_snapshots(log_densities: Mapping[float, np.ndarray], bound: float, title, path):
     """The model's marginal density p_t at a few times t (keys), each on its own colour scale."""
-    k = len(log_densities)
-    fig, axes = plt.subplots(1, k, figsize=(3.4 * k, 3.6), squeeze=False)
+    fig, axes = _figure(len(log_densities), panel=2.8)
     extent = (-bound, bound, -bound, bound)
-    for ax, (t, logd) in zip(axes[0], log_densities.items(), strict=True):
+    for ax, (t, logd) in zip(axes, log_densities.items(), strict=True):
         ax.imshow(np.exp(logd), origin="lower", extent=extent, cmap="viridis")
         _square(ax, bound, f"t = {t:g}")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_quality_vs_steps(
     curves: Mapping[str, Mapping[int, float]], floor: float, title: str, path
 ) -> None:
     """W2 against the number of Euler steps, one curve per label (e.g. reflow round)."""
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
     for label, curve in curves.items():
         steps = sorted(curve)
         ax.plot(steps, [curve[s] for s in steps], marker="o", label=label)
@@ -159,6 +198,4 @@ def plot_quality_vs_steps(
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
