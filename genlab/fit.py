@@ -5,13 +5,17 @@ fresh data batches, or a fixed training set that the stage draws once when it st
 pairs). :class:`Fit` runs one :class:`genlab.trainer.Trainer` per stage and treats every stage
 alike: the checkpoint ``model.pt`` records the stage, its trainer, its training set and the
 random states, so a run stopped anywhere, in any stage, resumes to the same weights as an
-uninterrupted one. A model with several stages is scored at the end of each (the stage's own
+uninterrupted one. SIGTERM (SLURM pre-emption, ``kill``) and SIGINT (Ctrl-C) end training
+gracefully: the step in progress completes, a checkpoint is written and :class:`Stopped` is
+raised. A model with several stages is scored at the end of each (the stage's own
 report, W2 against few-step sampling, and its paths for the figures).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,17 +24,57 @@ import torch
 from torch import Tensor
 
 from genlab import metrics
+from genlab.errors import GenlabError
 from genlab.models.base import Model, Stage, Transport
 from genlab.runs import CHECKPOINT, load_checkpoint, save_checkpoint
 from genlab.trainer import History, Trainer
 
-__all__ = ["Fit", "TRAJECTORY_PATHS"]
+__all__ = ["Fit", "Stopped", "GracefulStop", "TRAJECTORY_PATHS"]
 
 log = logging.getLogger("genlab")
 
 TRAJECTORY_PATHS = 300  # paths recorded per stage for the trajectory figure
 
 Hook = tuple[int, Callable[[Trainer], None]]
+
+
+class Stopped(GenlabError):
+    """Training was stopped by a signal after writing a checkpoint; ``signum`` names it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class GracefulStop:
+    """While active, SIGTERM and SIGINT only take note (``stop()`` becomes true).
+
+    The training loop asks after every step, so the step in progress completes and the
+    checkpoint written then is consistent; a second signal while it is written changes
+    nothing (and the write is atomic anyway). Outside the main thread, where Python cannot
+    install handlers, it is inert.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _note(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 class Fit:
@@ -165,19 +209,35 @@ class Fit:
 
         Arguments:
             hooks: extra ``(every, fn)`` pairs run every ``every`` steps (e.g. a sample plot).
+
+        Raises:
+            Stopped: after SIGTERM or SIGINT, once the checkpoint of the last step is written.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resume:
             self.restore()
-        for k in range(self.stage, len(self.stages)):
-            stage, trainer = self.stages[k], self.trainers[k]
-            self.stage = k
-            next_batch = self._batches(k, stage, trainer)
-            if not trainer.done:
-                every = [(self.checkpoint_every, self.save), *hooks]
-                trainer.fit(next_batch, self.history, stage.loss, every)
-            self._record(k, stage, trainer)
-            self.save(trainer)
+        with GracefulStop() as stop:
+            for k in range(self.stage, len(self.stages)):
+                stage, trainer = self.stages[k], self.trainers[k]
+                self.stage = k
+                next_batch = self._batches(k, stage, trainer)
+                if not trainer.done:
+                    every = [(self.checkpoint_every, self.save), *hooks]
+                    trainer.fit(next_batch, self.history, stage.loss, every, should_stop=stop)
+                if stop():
+                    self._stop(trainer, stop.signum)
+                self._record(k, stage, trainer)
+                self.save(trainer)
+
+    def _stop(self, trainer: Trainer, signum: int) -> None:
+        self.save(trainer)
+        name = signal.Signals(signum).name
+        message = (
+            f"stopped at step {trainer.step} of stage {trainer.round} by {name}: resume with "
+            f"the same command and train.resume=true hydra.run.dir={self.run_dir}"
+        )
+        log.warning(message)
+        raise Stopped(message, signum)
 
     # ----------------------------------------------------------------- results
     def summary(self) -> dict:

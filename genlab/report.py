@@ -26,6 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from genlab.data import get_toy
+from genlab.runs import ERROR_FILE
 
 __all__ = ["collect", "sweep_order", "write_report", "SweepReport", "main"]
 
@@ -117,6 +118,33 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
     datas, models = sweep_order(runs, "data"), sweep_order(runs, "model")
     runs.sort(key=lambda m: (datas.index(m["data"]), models.index(m["model"])))
     return runs, problems
+
+
+def collect_failures(sweep_dir: str | Path) -> list[dict]:
+    """The sweep's failed jobs: each ``error.json`` below ``sweep_dir`` (model, data, error),
+    with ``run``, its dir, in job order."""
+    root = Path(sweep_dir)
+    failures = []
+    for path in sorted(root.rglob(ERROR_FILE)):
+        try:
+            failure = json.loads(path.read_text())
+            if not isinstance(failure, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            failure = {"error": f"unreadable {ERROR_FILE}: {e}"}
+        failure["run"] = str(path.parent.relative_to(root))
+        failures.append(failure)
+    failures.sort(key=lambda f: (f.get("job") is None, f.get("job") or 0, f["run"]))
+    return failures
+
+
+def failures_markdown(failures: list[dict]) -> str:
+    """The failed jobs as a Markdown table (run, model, data, reason)."""
+    lines = ["| run | model | data | reason |", "|---|---|---|---|"]
+    for f in failures:
+        reason = str(f.get("error", "")).replace("|", "\\|")
+        lines.append(f"| {f['run']} | {f.get('model', '')} | {f.get('data', '')} | {reason} |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -221,12 +249,23 @@ def write_report(sweep_dir: str | Path) -> list[dict]:
     """
     root = Path(sweep_dir)
     runs, problems = collect(root)
+    failures = collect_failures(root)
     for p in problems:
         log.warning("skipped %s", p)
+    for f in failures:
+        log.warning("failed run %s: %s", f["run"], f.get("error"))
     if not runs:
         detail = f" ({len(problems)} unreadable)" if problems else ""
+        if failures:
+            (root / "leaderboard.md").write_text(
+                f"Every run failed.\n\n## Failed runs\n\n{failures_markdown(failures)}"
+            )
+            detail += f" ({len(failures)} failed: see {root / 'leaderboard.md'})"
         raise ValueError(f"no runs with a readable metrics.json under {root}{detail}")
-    (root / "leaderboard.md").write_text(leaderboard_markdown(runs))
+    board = leaderboard_markdown(runs)
+    if failures:
+        board += f"\n## Failed runs\n\n{failures_markdown(failures)}"
+    (root / "leaderboard.md").write_text(board)
     with open(root / "leaderboard.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -237,13 +276,28 @@ def write_report(sweep_dir: str | Path) -> list[dict]:
 
 
 class SweepReport(Callback):
-    """Hydra callback: at the end of a multirun, write the report into the sweep dir."""
+    """Hydra callback: at the end of a multirun, write the report into the sweep dir.
+
+    A sweep with failed jobs still reports the others, then ends the command with exit
+    code 1 and one line saying how many failed and where to read why.
+    """
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
         try:
-            write_report(config.hydra.sweep.dir)
+            write_report(sweep)
         except (OSError, ValueError) as e:
             log.error("no sweep report: %s", e)
+        failures = collect_failures(sweep) if sweep.is_dir() else []
+        if failures:
+            jobs = len(list(sweep.glob("*/.hydra")))
+            print(
+                f"genlab: {len(failures)} of {jobs} sweep jobs failed "
+                f"({failures[0]['run']}: {failures[0].get('error')}); "
+                f"see {sweep / 'leaderboard.md'}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

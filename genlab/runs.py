@@ -15,11 +15,23 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from genlab.errors import RunDirError
 from genlab.models.base import Model
 
-__all__ = ["CHECKPOINT", "save_checkpoint", "load_checkpoint", "load_run", "load_toy"]
+__all__ = [
+    "CHECKPOINT",
+    "RUN_FILES",
+    "ERROR_FILE",
+    "check_run_dir",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_run",
+    "load_toy",
+]
 
 CHECKPOINT = "model.pt"
+RUN_FILES = (CHECKPOINT, "metrics.json")  # a dir holding either holds a run
+ERROR_FILE = "error.json"  # why a sweep job failed (written by the genlab command)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -54,3 +66,27 @@ def load_toy(run_dir: str | Path):
     """The data set a run was trained on."""
     ckpt = load_checkpoint(run_dir)
     return instantiate(OmegaConf.create(ckpt["config"]["data"]))
+
+
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """Refuse to start a run in a dir that cannot be written, or that holds another run's
+    outputs (unless resuming). Creates nothing.
+
+    Raises:
+        RunDirError: naming the dir and the file found, and how to resume or where else to go.
+    """
+    run_dir = Path(run_dir)
+    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise RunDirError(
+            f"cannot write the run dir {run_dir}: {existing} {why}; choose another with "
+            "hydra.run.dir=..."
+        )
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if found and not resume:
+        raise RunDirError(
+            f"{run_dir} already holds a run ({', '.join(found)}); resume it with "
+            f"train.resume=true hydra.run.dir={run_dir}, or write elsewhere: leave "
+            "hydra.run.dir unset for a new unique dir"
+        )

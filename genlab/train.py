@@ -1,7 +1,7 @@
 """The composition root: build the toy and the model, fit, evaluate, draw, save.
 
-``train(cfg)`` is a plain function (tests call it); ``main`` is the Hydra app behind the
-``genlab`` command. This is the only module that knows configs, files, models and plots at
+``train(cfg)`` is a plain function (tests call it); :mod:`genlab.cli` is the Hydra app behind
+the ``genlab`` command. This is the only module that knows configs, files, models and plots at
 once, and it knows models only through their common interface.
 """
 
@@ -10,21 +10,24 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import metrics, plots  # noqa: F401  (plots: the figures' module, patched in tests)
+from genlab.errors import ConfigError
 from genlab.figures import RunFigures
 from genlab.fit import Fit
 from genlab.models.base import Model
+from genlab.runs import check_run_dir
 
-__all__ = ["train", "main", "resolve_device"]
+__all__ = ["build", "train", "resolve_device"]
 
 log = logging.getLogger("genlab")
 
@@ -62,6 +65,42 @@ def _check_config(cfg: DictConfig) -> None:
             raise ValueError(f"train.{key} must be an int >= 0, got {v!r}")
 
 
+def build(cfg: DictConfig, run_dir: Path) -> tuple[object, Model, Fit]:
+    """Check the config, instantiate the toy and the model and prepare their fit.
+
+    Writes nothing: every setting is checked here (each stage's trainer is built), and so is
+    the run dir, before a file is touched.
+
+    Raises:
+        ConfigError: one line naming the bad key or value.
+        RunDirError: the run dir holds another run (and ``train.resume`` is false).
+    """
+    try:
+        _check_config(cfg)
+        device = resolve_device(cfg.device)
+        toy = instantiate(cfg.data)
+        model: Model = instantiate(cfg.model).to(device)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        fit = Fit(
+            model,
+            toy,
+            cfg.train,
+            run_dir,
+            seed=cfg.seed,
+            config=config,
+            eval_seed=cfg.eval.seed,
+            n_report=cfg.eval.n_w2,
+        )
+    except InstantiationException as e:
+        key = re.search(r"^full_key: (.+)$", str(e), re.MULTILINE)
+        where = key.group(1) if key else "config"
+        raise ConfigError(f"{where}: {e.__cause__ or str(e).splitlines()[0]}") from e
+    except ValueError as e:
+        raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from e
+    check_run_dir(run_dir, cfg.train.resume)
+    return toy, model, fit
+
+
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     """Train ``cfg.model`` on ``cfg.data``, evaluate it and write every output to ``run_dir``.
 
@@ -72,25 +111,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     Returns:
         The metrics written to ``metrics.json``.
     """
-    _check_config(cfg)
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
-    device = resolve_device(cfg.device)
-    if cfg.threads is not None:
+    if cfg.get("threads") is not None:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    toy = instantiate(cfg.data)
-    model: Model = instantiate(cfg.model).to(device)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    fit = Fit(  # builds every stage's trainer, so bad settings fail before anything is written
-        model,
-        toy,
-        cfg.train,
-        run_dir,
-        seed=cfg.seed,
-        config=config,
-        eval_seed=cfg.eval.seed,
-        n_report=cfg.eval.n_w2,
-    )
+    toy, model, fit = build(cfg, run_dir)
+    device = model.device
     figures = RunFigures(model, toy, run_dir, seed=cfg.eval.seed, grid=cfg.eval.grid)
     fit.run(hooks=[(cfg.train.plot_every, figures.progress)])
 
@@ -117,11 +143,3 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         run_dir,
     )
     return out
-
-
-# conf/ sits at the repository root (the layout of shared/DESIGN.md) and is installed as the
-# package genlab.conf, so one path serves editable and wheel installs alike.
-@hydra.main(version_base="1.3", config_path="pkg://genlab.conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """The ``genlab`` command: train one model (or, with ``-m``, a sweep)."""
-    return train(cfg)["kl"]

@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from genlab.errors import Diverged
 from genlab.models.base import Model
 
 __all__ = ["History", "Trainer", "SCHEDULES", "lr_factor"]
@@ -167,8 +168,9 @@ class Trainer:
         history: History,
         loss_fn: Callable[..., Tensor] | None = None,
         hooks: Sequence[tuple[int, Callable[[Trainer], None]]] = (),
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
-        """Train until ``steps`` or ``max_seconds``.
+        """Train until ``steps`` or ``max_seconds``, or until ``should_stop()`` says so.
 
         Arguments:
             next_batch: returns the next batch as a tuple of tensors.
@@ -176,6 +178,8 @@ class Trainer:
             loss_fn: ``loss_fn(*batch)``; defaults to ``model.loss``.
             hooks: ``(every, fn)`` pairs: ``fn(trainer)`` runs every ``every`` steps (0: never),
                 e.g. checkpointing and plotting.
+            should_stop: asked after every step (e.g. whether a signal arrived); ``True`` ends
+                ``fit`` with the step complete, so a checkpoint taken then resumes exactly.
         """
         loss_fn = loss_fn or self.model.loss
         model = self.model
@@ -196,7 +200,7 @@ class Trainer:
                 nfe1 = model.nfe
                 lr = self.current_lr()
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
+                    raise Diverged(
                         f"{self.desc}: loss is {loss.item()} at step {self.step + 1}; "
                         f"try a lower train.lr (now {lr:.3g}) or gradient clipping"
                     )
@@ -240,6 +244,8 @@ class Trainer:
                 for every, hook in hooks:
                     if every and self.step % every == 0:
                         hook(self)
-        if self.max_seconds is not None and self.step < self.steps:
+                if should_stop is not None and should_stop():
+                    break
+        if self.done and self.step < self.steps:
             log.info("%s stopped at step %d: train.max_seconds reached", self.desc, self.step)
         model.eval()

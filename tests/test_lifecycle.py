@@ -1,0 +1,167 @@
+"""Nothing lost, nothing run: run dirs, signals, one-line errors and sweeps that survive a
+failing job, each through the real ``genlab`` command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, tiny_overrides
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+ENV.pop("HYDRA_FULL_ERROR", None)
+
+
+def genlab(*args, cwd=None, env=ENV, timeout=300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "genlab", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def test_runs_started_together_keep_both_outputs(tmp_path):
+    """Two runs launched in the same second get two dirs (the default run dir is unique)."""
+    cmd = [sys.executable, "-m", "genlab", *TINY, "model.couplings=2", "model.hidden=16"]
+    procs = [
+        subprocess.Popen([*cmd, f"data={d}"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE)
+        for d in ("moons", "8gaussians")
+    ]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    found = sorted(
+        json.loads(p.read_text())["data"] for p in tmp_path.glob("outputs/*/*/metrics.json")
+    )
+    assert found == ["8gaussians", "moons"]
+
+
+def test_a_dir_holding_a_run_is_refused_and_left_untouched(tmp_path):
+    run = tmp_path / "run"
+    assert genlab(*tiny_overrides("nice"), f"hydra.run.dir={run}").returncode == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    done = genlab(*tiny_overrides("nice", "8gaussians"), f"hydra.run.dir={run}")
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and str(run) in err[0] and "train.resume=true" in err[0], done.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_an_unwritable_run_dir_gives_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    done = genlab(*tiny_overrides("nice"), f"hydra.run.dir={blocker / 'run'}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"genlab: cannot write the run dir {blocker / 'run'}: {blocker} is not a directory; "
+        "choose another with hydra.run.dir=..."
+    ]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.lr=-1", "train.lr must be > 0, got -1"),
+        ("train.steps=0", "train.steps must be an int >= 1, got 0"),
+        ("model.couplings=abc", "model: couplings must be an int >= 1, got 'abc'"),
+        ("device=cuda:7", "CUDA is not available"),
+    ],
+)
+def test_config_errors_are_one_line_and_leave_no_files(tmp_path, override, message):
+    run = tmp_path / "run"
+    done = genlab(*tiny_overrides("nice"), override, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and not run.exists()
+
+
+def test_full_error_keeps_the_traceback(tmp_path):
+    env = {**ENV, "HYDRA_FULL_ERROR": "1"}
+    done = genlab(*tiny_overrides("nice"), "train.lr=-1", f"hydra.run.dir={tmp_path}/r", env=env)
+    assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+SIGNAL_RUN = [
+    *tiny_overrides("nice"),
+    "threads=1",
+    "train.steps=6000",
+    "train.log_every=100",
+    "train.checkpoint_every=0",
+]
+
+
+def _signal_mid_run(run: Path, sig: int) -> subprocess.CompletedProcess:
+    """Start a run, send ``sig`` once it has logged step 300, and wait for it to end."""
+    cmd = [sys.executable, "-m", "genlab", *SIGNAL_RUN, f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "step 300/" in line:
+            proc.send_signal(sig)
+            break
+    out, _ = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(seen) + out, "")
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / "model.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_path, sig):
+    stopped = _signal_mid_run(tmp_path / "stopped", sig)
+    name = signal.Signals(sig).name
+    assert stopped.returncode == 128 + sig, stopped.stdout[-2000:]
+    assert f"by {name}: resume with" in stopped.stdout
+    step = _weights(tmp_path / "stopped")["trainer"]["step"]
+    assert 300 <= step < 6000
+    assert (
+        f"stopped at step {step} of stage 0 by {name}"
+        in (tmp_path / "stopped" / "genlab.log").read_text()
+    )
+    resumed = genlab(*SIGNAL_RUN, "train.resume=true", f"hydra.run.dir={tmp_path / 'stopped'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = genlab(*SIGNAL_RUN, f"hydra.run.dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a, b = _weights(tmp_path / "stopped")["model"], _weights(tmp_path / "straight")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = (tmp_path / "stopped" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 6000
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_failing_job_does_not_sink_its_sweep(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    done = genlab(
+        "-m",
+        *[o for o in tiny_overrides("nice") if not o.startswith("train.steps")],
+        "train.steps=30",
+        "train.lr=1e6,1e-3",
+        "train.grad_clip=null",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("genlab: 1 of 2 sweep jobs failed (0_nice_moons: Diverged:"), last
+    assert json.loads((sweep / "0_nice_moons" / "error.json").read_text())["model"] == "nice"
+    assert (sweep / "1_nice_moons" / "metrics.json").is_file()
+    board = (sweep / "leaderboard.md").read_text()
+    assert "| moons | nice |" in board and "## Failed runs" in board
+    assert "| 0_nice_moons | nice | moons | Diverged: nice: loss is" in board
+    assert (sweep / "gallery.png").is_file()
+
+
+def test_a_sweep_dir_holding_runs_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *tiny_overrides("nice"), f"hydra.sweep.dir={sweep}"]
+    assert genlab(*args).returncode == 0
+    done = genlab(*args)
+    assert done.returncode == 2 and "already holds runs" in done.stderr
