@@ -25,6 +25,7 @@ import os
 import secrets
 import sys
 import traceback
+from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -138,6 +139,62 @@ def app(cfg: DictConfig) -> float:
         raise
 
 
+def _model_configs() -> dict[str, DictConfig]:
+    """Each model group option's ``model`` node, from the shipped configs."""
+    out = {}
+    for entry in sorted(resources.files("genlab.conf").joinpath("model").iterdir(), key=str):
+        if entry.name.endswith(".yaml"):
+            node = OmegaConf.load(entry.open())
+            out[entry.name[: -len(".yaml")]] = node if "_target_" in node else node.model
+    return out
+
+
+def _chosen(group: str, argv: list[str]) -> str:
+    """The option of ``group`` a command line picks (its last ``group=...``), else the
+    experiment's override, else the default of config.yaml."""
+    picked = [a.split("=", 1)[1] for a in argv if a.startswith(f"{group}=")]
+    if picked:
+        return picked[-1]
+    conf = resources.files("genlab.conf")
+    for arg in reversed(argv):
+        if arg.startswith("experiment="):
+            name = arg.split("=", 1)[1]
+            experiment = OmegaConf.load(conf.joinpath("experiment", f"{name}.yaml").open())
+            for entry in experiment.get("defaults", []):
+                if isinstance(entry, DictConfig) and f"override /{group}" in entry:
+                    return entry[f"override /{group}"]
+    base = OmegaConf.load(conf.joinpath("config.yaml").open())
+    return next(e[group] for e in base.defaults if isinstance(e, DictConfig) and group in e)
+
+
+def foreign_key_hint(argv: list[str]) -> str | None:
+    """Name the models a mistyped ``model.<key>`` override belongs to, when the chosen model
+    has no such key (``model.sampler`` on NICE belongs to the ODE models)."""
+    try:
+        configs, chosen = _model_configs(), _chosen("model", argv)
+    except (OSError, ValueError, StopIteration, KeyError):
+        return None
+    missing = object()
+    for arg in argv:
+        if not arg.startswith("model.") or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0][len("model.") :]
+        owners = [
+            n
+            for n, c in configs.items()
+            if OmegaConf.select(c, key, default=missing) is not missing
+        ]
+        if owners and chosen not in owners:
+            owned = ", ".join(owners)
+            return f"genlab: model.{key} belongs to {owned}; model={chosen} has no such key"
+    return None
+
+
 def main() -> None:
     """The ``genlab`` console script (also ``python -m genlab``)."""
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        if e.code not in (0, None) and (hint := foreign_key_hint(sys.argv[1:])):
+            print(hint, file=sys.stderr)
+        raise

@@ -7,10 +7,12 @@ once, and it knows models only through their common interface.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import random
 import re
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def known_keys() -> dict[str, set[str]]:
+    """The keys genlab knows: at the top level (with the config groups), under ``train`` and
+    under ``eval``, read from the shipped ``conf/config.yaml``."""
+    base = OmegaConf.load(resources.files("genlab.conf").joinpath("config.yaml").open())
+    groups = {key for entry in base.defaults if isinstance(entry, DictConfig) for key in entry}
+    return {
+        "": (set(base) - {"defaults"}) | groups,
+        "train": set(base.train),
+        "eval": set(base.eval),
+    }
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys genlab does not know (a typo added with ``+`` would be silently ignored)."""
+    for section, known in known_keys().items():
+        node = cfg[section] if section else cfg
+        prefix = f"{section}." if section else ""
+        for key in sorted(set(node) - known):
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = (
+                f"did you mean {prefix}{near[0]}?" if near else f"known: {', '.join(sorted(known))}"
+            )
+            raise ConfigError(f"unknown key {prefix}{key}; {hint}")
+
+
 def _check_config(cfg: DictConfig) -> None:
+    _check_known_keys(cfg)
     bs = cfg.train.batch_size
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
         raise ValueError(f"train.batch_size must be an int >= 1, got {bs!r}")

@@ -88,7 +88,7 @@ class Trainer:
             budget that binds first: ``steps``, or ``max_seconds`` when it is set.
         grad_clip: max global gradient norm (``None`` or 0 disables).
         max_seconds: stop early once training has taken this long (``None``: no limit).
-        log_every: a log line every this many steps (0 disables).
+        log_every: a log line every this many steps and at the first and last (0: none).
         progress: show a progress bar.
         round_: index recorded in the history (reflow rounds of the rectified flow).
         desc: label of the progress bar and log lines.
@@ -199,9 +199,10 @@ class Trainer:
                 loss = loss_fn(*next_batch())
                 nfe1 = model.nfe
                 lr = self.current_lr()
-                if not torch.isfinite(loss):
+                value = loss.item()  # the one synchronisation of the step (honest CUDA timing)
+                if not math.isfinite(value):
                     raise Diverged(
-                        f"{self.desc}: loss is {loss.item()} at step {self.step + 1}; "
+                        f"{self.desc}: loss is {value} at step {self.step + 1}; "
                         f"try a lower train.lr (now {lr:.3g}) or gradient clipping"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
@@ -213,9 +214,10 @@ class Trainer:
                     group["lr"] = lr
                 self.optimizer.step()
                 model.after_step()
-                value = loss.item()  # synchronises, so the timing below is honest on CUDA
                 self.seconds += time.perf_counter() - start
                 self.step += 1
+                # NFE only where the step solved an ODE (the CNF); elsewhere not applicable.
+                solved = nfe0 is not None and nfe2 > nfe0
                 history.rows.append(
                     {
                         "round": self.round,
@@ -223,14 +225,15 @@ class Trainer:
                         "loss": f"{value:.6g}",
                         "lr": f"{lr:.6g}",
                         "seconds": f"{self.seconds:.4f}",
-                        "nfe_forward": "" if nfe0 is None else nfe1 - nfe0,
-                        "nfe_backward": "" if nfe0 is None else nfe2 - nfe1,
+                        "nfe_forward": nfe1 - nfe0 if solved else "",
+                        "nfe_backward": nfe2 - nfe1 if solved else "",
                     }
                 )
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-                if self.log_every and self.step % self.log_every == 0:
-                    nfe = "" if nfe0 is None else f"  nfe {nfe1 - nfe0}+{nfe2 - nfe1}"
+                first_or_last = self.step in (1, self.steps)
+                if self.log_every and (first_or_last or self.step % self.log_every == 0):
+                    nfe = f"  nfe {nfe1 - nfe0}+{nfe2 - nfe1}" if solved else ""
                     log.info(
                         "%s step %d/%d  loss %.4f  lr %.2e  %.1f steps/s%s",
                         self.desc,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from genlab.models.base import Stage, check_count, check_points
 from genlab.models.flow import ContinuousFlow
@@ -26,6 +26,20 @@ __all__ = ["RectifiedFlow", "TIME_DISTRIBUTIONS"]
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
 
 
+def warmup_ema(decay: float):
+    """An EMA update for :class:`AveragedModel` whose decay grows with the number of updates
+    ``n``: ``min(decay, (1 + n) / (10 + n))`` (the warm-up of well-kept EMA implementations).
+    ``n`` is the averaged model's own ``n_averaged`` buffer, so it resumes with the weights."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], n: Tensor) -> None:
+        steps = float(n)
+        d = min(decay, (1.0 + steps) / (10.0 + steps))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
+
+
 class RectifiedFlow(ContinuousFlow):
     """Velocity matching on straight interpolations, sampled by any solver at any step count.
 
@@ -33,7 +47,9 @@ class RectifiedFlow(ContinuousFlow):
         velocity, sampler, likelihood, dim: see :class:`ContinuousFlow`.
         time_distribution: ``uniform`` (U[0, 1]) or ``logit_normal`` (sigmoid of N(0, 1)).
         ema: decay of the exponential moving average of the weights used to sample and
-            evaluate (0 disables it).
+            evaluate (0 disables it). It warms up: after ``n`` updates the decay is
+            ``min(ema, (1 + n) / (10 + n))``, so a short run evaluates trained weights and a
+            long one the full average.
         reflow: number of reflow rounds after the first training (>= 0).
         reflow_pairs: (noise, sample) pairs drawn for each reflow round.
         reflow_steps: optimiser steps of each reflow round.
@@ -72,7 +88,7 @@ class RectifiedFlow(ContinuousFlow):
         self.reflow, self.reflow_pairs, self.reflow_steps = reflow, reflow_pairs, reflow_steps
         self.reflow_solver = reflow_solver or Solver("dopri5", atol=1e-5, rtol=1e-5)
         self.ema = (
-            AveragedModel(velocity, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
+            AveragedModel(velocity, multi_avg_fn=warmup_ema(ema), use_buffers=True)
             if ema > 0
             else None
         )
