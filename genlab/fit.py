@@ -26,7 +26,7 @@ from torch import Tensor
 from genlab import metrics
 from genlab.errors import GenlabError
 from genlab.models.base import Model, Stage, Transport
-from genlab.runs import CHECKPOINT, load_checkpoint, save_checkpoint
+from genlab.runs import CHECKPOINT, resume_checkpoint, save_checkpoint
 from genlab.trainer import History, Trainer
 
 __all__ = ["Fit", "Stopped", "GracefulStop", "TRAJECTORY_PATHS"]
@@ -155,8 +155,8 @@ class Fit:
         if not (self.run_dir / CHECKPOINT).exists():
             log.info("train.resume=true but %s has no %s: starting fresh", self.run_dir, CHECKPOINT)
             return
-        ckpt = load_checkpoint(self.run_dir, map_location=self.model.device)
-        self.model.load_state_dict(ckpt["model"])
+        # loads the weights into the model this run's config built; builds nothing from the file
+        ckpt = resume_checkpoint(self.run_dir, self.model, self.config, len(self.trainers))
         k = ckpt["stage"]
         self.trainers[k].load_state_dict(ckpt["trainer"])
         self.records = ckpt["records"]

@@ -4,27 +4,45 @@ A checkpoint ``model.pt`` describes itself: the model's ``state_dict``, the reso
 the training round and step, the trainer's state and the random states, so that a run can
 resume and ``load_run`` can rebuild the model from the run dir alone. Everything in it is a
 tensor or a plain container, so it loads with ``torch.load(..., weights_only=True)``.
+
+A checkpoint is data, never code: ``weights_only`` keeps the unpickler from running code, and
+before ``load_run`` or ``load_toy`` builds anything from the config it read, every ``_target_``
+in that config must name one of genlab's own classes (a model or other ``torch.nn.Module``, a
+:class:`genlab.ode.Solver`, a :class:`genlab.data.Toy`), or lie in a module the caller trusts.
+Every way a checkpoint can be wrong ends in a one-line :class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import nn
 
-from genlab.errors import RunDirError
+from genlab.data import Toy
+from genlab.errors import CheckpointError, RunDirError
 from genlab.models.base import Model
+from genlab.ode import Solver
 
 __all__ = [
     "CHECKPOINT",
     "RUN_FILES",
     "ERROR_FILE",
     "check_run_dir",
+    "RUN_KEYS",
+    "RESUME_KEYS",
+    "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
+    "check_config",
+    "resume_checkpoint",
     "load_run",
     "load_toy",
 ]
@@ -32,6 +50,25 @@ __all__ = [
 CHECKPOINT = "model.pt"
 RUN_FILES = (CHECKPOINT, "metrics.json")  # a dir holding either holds a run
 ERROR_FILE = "error.json"  # why a sweep job failed (written by the genlab command)
+RUN_KEYS = ("model", "config")  # what load_run needs
+RESUME_KEYS = ("model", "config", "stage", "trainer", "rng", "stage_data", "records")
+
+#: What a checkpoint's config may build without trust: genlab classes derived from these.
+BUILDABLE = (nn.Module, Solver, Toy)
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_PLAIN = (str, int, float, bool, type(None))
+# Keys Hydra's instantiate reads besides _target_. None runs code by itself: _args_ holds
+# positional arguments (walked like any list), _partial_ returns functools.partial of the
+# checked class, _convert_ and _recursive_ change how arguments are passed. The config is
+# walked in full whatever _recursive_ says, so a nested _target_ is always checked.
+_HYDRA_FLAGS = {"_partial_": bool, "_recursive_": bool, "_convert_": str, "_args_": (list, tuple)}
+_RETRAIN = "restore it, or delete it and train again"
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (its type when it has none)."""
+    text = " ".join(str(err).split())
+    return text[:300] or type(err).__name__
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -41,31 +78,281 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read ``model.pt`` from ``run_dir`` with ``weights_only=True``."""
+def load_checkpoint(
+    run_dir: str | Path,
+    map_location: str | torch.device = "cpu",
+    keys: Iterable[str] = RUN_KEYS,
+) -> dict:
+    """Read ``model.pt`` from ``run_dir`` with ``weights_only=True`` and check its shape.
+
+    Arguments:
+        run_dir: the run dir.
+        map_location: where the tensors go.
+        keys: the entries the caller needs (:data:`RUN_KEYS`; :data:`RESUME_KEYS` to resume).
+
+    Returns:
+        The checkpoint: a dict holding ``keys``, whose ``config["model"]`` is a ``_target_``
+        dict. Nothing in it has been built.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``model.pt``.
+        CheckpointError: the file is empty, truncated, not a torch file, or not a genlab
+            checkpoint; the message names the file and what is wrong.
+    """
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint {path}: is {run_dir} a genlab run dir?")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty, not a genlab checkpoint; {_RETRAIN}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises OSError, EOFError, RuntimeError, UnpicklingError...
+        raise CheckpointError(
+            f"{path}: cannot read it as a torch checkpoint, it is truncated or another kind of "
+            f"file ({type(err).__name__}: {_one_line(err)}); {_RETRAIN}"
+        ) from None
+    missing = [k for k in keys if k not in ckpt] if isinstance(ckpt, Mapping) else list(keys)
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a genlab checkpoint (it has no {', '.join(map(repr, missing))}); "
+            f"{_RETRAIN}"
+        )
+    _section(ckpt, "model", path)
+    return ckpt
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Model:
-    """Rebuild the trained model of a run dir, in eval mode on ``device``.
+def _section(ckpt: Mapping, name: str, path: Path) -> dict:
+    """``ckpt["config"][name]``, checked to be a ``_target_`` dict."""
+    config = ckpt["config"]
+    section = config.get(name) if isinstance(config, Mapping) else None
+    if not isinstance(section, Mapping) or not isinstance(section.get("_target_"), str):
+        raise CheckpointError(
+            f"{path}: not a genlab checkpoint (its config has no {name} with a _target_); "
+            f"{_RETRAIN}"
+        )
+    return dict(section)
+
+
+def _within(name: str, prefix: str) -> bool:
+    """Whether the dotted ``name`` is ``prefix`` or lies below it (``a.b`` is within ``a``)."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _locate(name: str) -> object:
+    """The object a dotted name points to, importing modules along it as Hydra does."""
+    parts = name.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, part in enumerate(parts[1:], start=2):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            if not isinstance(obj, ModuleType):
+                raise
+            obj = importlib.import_module(".".join(parts[:i]))
+    return obj
+
+
+def _check_target(target: object, where: str, path: Path, trusted: tuple[str, ...]) -> None:
+    """Refuse ``target`` unless it is a genlab class that may be built, or lies in a trusted
+    module. Imports only modules below ``genlab`` or a trusted name."""
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: refusing to build {target!r} ({where}): {why}")
+
+    if not isinstance(target, str) or not _DOTTED.fullmatch(target):
+        raise refuse("a _target_ is the dotted name of a class")
+    own = "a checkpoint builds only genlab's own classes (models, solvers, toys)"
+    is_trusted = any(_within(target, t) for t in trusted)
+    if not is_trusted and not _within(target, "genlab"):
+        top = target.split(".")[0]
+        raise refuse(f'{own}; pass trusted=["{top}"] to load_run to allow a module you trust')
+    try:
+        obj = _locate(target)
+    except Exception as err:  # the import of a genlab or trusted module, or a missing name
+        raise refuse(f"cannot find it ({_one_line(err)})") from None
+    module = getattr(obj, "__module__", None) or ""
+    if any(_within(module, t) for t in trusted):
+        return
+    if isinstance(obj, type) and _within(module, "genlab") and issubclass(obj, BUILDABLE):
+        return
+    if is_trusted:
+        raise refuse(f"it is defined in {module or 'no module'!r}, outside the trusted modules")
+    raise refuse(own)
+
+
+def check_config(
+    config: object, path: str | Path, trusted: Iterable[str] = (), where: str = "config"
+) -> None:
+    """Refuse a config read from a file unless building it runs only code the caller trusts.
+
+    Walks every nesting level of ``config`` (dicts and lists) before anything is built. Every
+    ``_target_`` must name a class defined in a ``genlab`` module that derives from
+    ``torch.nn.Module``, :class:`genlab.ode.Solver` or :class:`genlab.data.Toy`, or lie in a
+    module named in ``trusted``. Only modules below ``genlab`` and the trusted names are
+    imported. Values must be plain (strings, numbers, booleans, None) and hold no ``${...}``
+    interpolation, which ``instantiate`` would resolve (``oc.env`` reads the environment);
+    a config is stored resolved.
+
+    Arguments:
+        config: the config, as plain containers.
+        path: the file it came from, for the messages.
+        trusted: module names (or prefixes: ``"mypkg"`` allows ``mypkg.models.X``) whose
+            callables may be built.
+        where: the config's key path, for the messages.
+
+    Raises:
+        CheckpointError: naming the file, the key and the refused value.
+    """
+    trusted = (trusted,) if isinstance(trusted, str) else tuple(trusted)
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            at = f"{where}.{key}"
+            if key == "_target_":
+                _check_target(value, where, Path(path), trusted)
+            elif key in _HYDRA_FLAGS and not isinstance(value, _HYDRA_FLAGS[key]):
+                raise CheckpointError(f"{path}: {at} is malformed ({value!r}); {_RETRAIN}")
+            else:
+                check_config(value, path, trusted, at)
+    elif isinstance(config, list | tuple):
+        for i, value in enumerate(config):
+            check_config(value, path, trusted, f"{where}[{i}]")
+    elif isinstance(config, str) and "${" in config:
+        raise CheckpointError(
+            f"{path}: refusing the interpolation {config!r} at {where}: a checkpoint's config "
+            "is stored resolved"
+        )
+    elif not isinstance(config, _PLAIN):
+        raise CheckpointError(
+            f"{path}: {where} holds a {type(config).__name__}, not a plain config value"
+        )
+
+
+def _build(section: dict, path: Path, trusted: Iterable[str], where: str) -> object:
+    """Check ``section`` and instantiate it; any failure is a one-line ``CheckpointError``."""
+    check_config(section, path, trusted, where)
+    try:
+        return instantiate(OmegaConf.create(section))
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: cannot build {section['_target_']!r} from {where} ({_one_line(err)}); "
+            f"{_RETRAIN}"
+        ) from err
+
+
+def resume_checkpoint(run_dir: str | Path, model: nn.Module, config: Mapping, stages: int) -> dict:
+    """Read a run dir's checkpoint to resume it, and load its weights into ``model``.
+
+    Nothing is built from the file: ``model`` is the one the resumed run's own ``config``
+    built, so resuming needs no trust in the file's config.
+
+    Arguments:
+        run_dir: the run dir.
+        model: the model ``config["model"]`` describes, on its device.
+        config: the resumed run's resolved config.
+        stages: how many training stages the model has.
+
+    Returns:
+        The checkpoint (every key of :data:`RESUME_KEYS`), tensors on the model's device.
+
+    Raises:
+        CheckpointError: the file is unreadable or not a genlab checkpoint, or holds another
+            model (another ``_target_``, weights of other shapes, a stage the model lacks),
+            naming what it holds and what the config asks for.
+    """
+    device = next(model.parameters()).device
+    ckpt = load_checkpoint(run_dir, device, keys=RESUME_KEYS)
+    path = Path(run_dir) / CHECKPOINT
+    held, wanted = ckpt["config"]["model"], config["model"]
+    advice = "resume with the model it holds, or choose another hydra.run.dir"
+    if held["_target_"] != wanted["_target_"]:
+        raise CheckpointError(
+            f"{path} holds a {held['_target_']} model, but the config asks for "
+            f"{wanted['_target_']}: {advice}"
+        )
+    try:
+        model.load_state_dict(ckpt["model"])
+    except Exception as err:  # RuntimeError on missing keys or shapes, TypeError on non-dicts
+        changed = _differences(held, wanted)
+        what = f"settings differ: {changed}" if changed else _one_line(err)
+        raise CheckpointError(
+            f"{path} holds a {held['_target_']} model whose weights do not fit the one the "
+            f"config asks for ({what}): {advice}"
+        ) from None
+    stage = ckpt["stage"]
+    if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < stages:
+        raise CheckpointError(
+            f"{path} stopped in training stage {stage!r}, but the config's model trains in "
+            f"{stages} stage(s) (model.reflow?): {advice}"
+        )
+    return ckpt
+
+
+def _differences(held: object, wanted: object, where: str = "model") -> str:
+    """The keys whose values differ between two configs, as ``key: file -> config`` items."""
+    if isinstance(held, Mapping) and isinstance(wanted, Mapping):
+        parts = [
+            _differences(held.get(k), wanted.get(k), f"{where}.{k}")
+            for k in sorted({*held, *wanted}, key=str)
+        ]
+        return ", ".join(p for p in parts if p)
+    return "" if held == wanted else f"{where} {held!r} in the file, {wanted!r} in the config"
+
+
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", trusted: Iterable[str] = ()
+) -> Model:
+    """Rebuild the trained model of a run dir, in eval mode on ``device``, ready for inference.
+
+    The model's parameters are frozen (``requires_grad=False``), so ``sample`` and ``log_prob``
+    build no autograd graph: an adaptive ODE solve would otherwise keep every step's graph
+    (gigabytes for ``log_prob`` of 20,000 points). To fine-tune a loaded model, unfreeze and
+    switch it to training mode: ``model.requires_grad_(True).train()``.
+
+    A checkpoint's config builds only genlab's own classes: a model of your own (a plug-in
+    from a module outside genlab) loads when you name its module as trusted, since building
+    it runs that module's code.
+
+    Arguments:
+        run_dir: a run dir holding ``model.pt``.
+        device: where the model goes.
+        trusted: module names (or prefixes: ``"mypkg"`` allows ``mypkg.models.X``) whose
+            classes the checkpoint may build, besides genlab's.
+
+    Returns:
+        The model, in eval mode, its parameters frozen.
+
+    Raises:
+        FileNotFoundError: no ``model.pt`` in ``run_dir``.
+        CheckpointError: the file is unreadable or not a genlab checkpoint, or its config names
+            anything but genlab's classes and the trusted modules' (nothing is built then).
 
     Example:
         >>> model = genlab.load_run("outputs/2026-11-25/10-00-00")
         >>> x = model.sample(1000)
+        >>> model = genlab.load_run("outputs/my-plugin-run", trusted=["mypkg"])
     """
-    ckpt = load_checkpoint(run_dir, map_location=device)
-    model = instantiate(OmegaConf.create(ckpt["config"]["model"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
-
-
-def load_toy(run_dir: str | Path):
-    """The data set a run was trained on."""
     ckpt = load_checkpoint(run_dir)
-    return instantiate(OmegaConf.create(ckpt["config"]["data"]))
+    path = Path(run_dir) / CHECKPOINT
+    model = _build(_section(ckpt, "model", path), path, trusted, "config.model")
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(
+            f"{path}: config.model builds a {type(model).__name__}, not a model; {_RETRAIN}"
+        )
+    try:
+        model.load_state_dict(ckpt["model"])
+    except Exception as err:  # RuntimeError on missing keys or shapes, TypeError on non-dicts
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model its config describes "
+            f"({_one_line(err)}); {_RETRAIN}"
+        ) from None
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_toy(run_dir: str | Path, trusted: Iterable[str] = ()) -> Toy:
+    """The data set a run was trained on (``trusted`` as in :func:`load_run`)."""
+    ckpt = load_checkpoint(run_dir)
+    path = Path(run_dir) / CHECKPOINT
+    return _build(_section(ckpt, "data", path), path, trusted, "config.data")
 
 
 def check_run_dir(run_dir: str | Path, resume: bool) -> None:
