@@ -134,9 +134,19 @@ class Solution:
     nfe: int = 0
 
 
+def _needs_graph(field: Field, x: Tensor) -> bool:
+    """Whether a result must stay differentiable: grad mode is on and something upstream
+    (``x`` or a parameter of the field) requires grad. A frozen model builds no graph."""
+    if not torch.is_grad_enabled():
+        return False
+    if x.requires_grad or not isinstance(field, nn.Module):
+        return True
+    return any(p.requires_grad for p in field.parameters())
+
+
 def _batch_jacobian(field: Field, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """``(v, J)`` by autograd, one pass per coordinate, vectorised over the batch."""
-    create_graph = torch.is_grad_enabled()
+    create_graph = _needs_graph(field, x)
     with torch.enable_grad():
         xg = x if x.requires_grad else x.detach().requires_grad_(True)
         v = field(t, xg)
@@ -154,7 +164,7 @@ def _batch_jacobian(field: Field, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]
 
 def _vjp(field: Field, t: Tensor, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
     """``(v, eps^T J)`` by one reverse-mode pass."""
-    create_graph = torch.is_grad_enabled()
+    create_graph = _needs_graph(field, x)
     with torch.enable_grad():
         xg = x if x.requires_grad else x.detach().requires_grad_(True)
         v = field(t, xg)

@@ -173,6 +173,29 @@ def test_autograd_divergence_keeps_its_graph_only_when_grad_is_enabled():
     assert not div.requires_grad
 
 
+class PlainField(nn.Module):
+    """A field without an analytic Jacobian: its divergence goes through autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+
+    def forward(self, t, x):
+        return self.net(torch.cat([x, t.expand(len(x), 1)], dim=1))
+
+
+def test_a_frozen_field_builds_no_graph_even_with_grad_enabled():
+    """A loaded (frozen) model's log_prob must not keep an adaptive solve's whole graph."""
+    torch.manual_seed(0)
+    field, x = PlainField(), points()
+    t = torch.tensor(0.5, dtype=F64)
+    assert divergence(field, t, x)[1].requires_grad  # trainable: the graph is kept
+    field.requires_grad_(False)
+    assert not divergence(field, t, x)[1].requires_grad
+    sol = transport_logdet(field, x, 1.0, 0.0, Solver("dopri5", atol=1e-6, rtol=1e-6))
+    assert not sol.delta_logp.requires_grad and not sol.x.requires_grad
+
+
 def test_hutchinson_is_unbiased():
     field = make_field(hidden=32)
     t = torch.tensor(0.6, dtype=F64)
