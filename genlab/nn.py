@@ -123,6 +123,10 @@ class TimeMLP(nn.Module):
 
     The time enters as extra input features: ``"concat"`` appends ``t`` itself;
     ``"sinusoidal"`` appends ``t`` and ``sin(2 pi k t), cos(2 pi k t)`` for ``k = 1..frequencies``.
+    With ``fourier > 0`` the points enter through random Fourier features too,
+    ``[x, sin(2 pi B x), cos(2 pi B x)]`` with a fixed ``B`` (fourier, dim) drawn from
+    ``N(0, fourier_scale^2)`` at construction: an MLP on raw 2D inputs learns thin structure
+    (rings, spiral arms, sharp edges) slowly, a spectral bias these features remove.
 
     Arguments:
         dim: dimension of the points.
@@ -132,6 +136,12 @@ class TimeMLP(nn.Module):
         time_embedding: ``"concat"`` or ``"sinusoidal"``.
         frequencies: number of sinusoidal frequencies (``"sinusoidal"`` only).
         zero_last: zero-initialise the last layer (the field starts at zero).
+        fourier: number of random Fourier features of ``x`` (0: raw ``x`` only).
+        fourier_scale: standard deviation of their frequencies (cycles per unit of ``x``).
+
+    References:
+        Tancik et al. (2020), "Fourier Features Let Networks Learn High Frequency Functions in
+        Low Dimensional Domains".
     """
 
     EMBEDDINGS = ("concat", "sinusoidal")
@@ -145,9 +155,15 @@ class TimeMLP(nn.Module):
         time_embedding: str = "concat",
         frequencies: int = 8,
         zero_last: bool = False,
+        fourier: int = 0,
+        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
         _check_positive_int("dim", dim)
+        if isinstance(fourier, bool) or not isinstance(fourier, int) or fourier < 0:
+            raise ValueError(f"fourier must be an int >= 0, got {fourier!r}")
+        if not fourier_scale > 0:
+            raise ValueError(f"fourier_scale must be > 0, got {fourier_scale!r}")
         if time_embedding not in self.EMBEDDINGS:
             raise ValueError(
                 f"unknown time embedding {time_embedding!r}; "
@@ -158,7 +174,27 @@ class TimeMLP(nn.Module):
         self.time_embedding = time_embedding
         self.frequencies = frequencies
         embed_dim = 1 if time_embedding == "concat" else 1 + 2 * frequencies
-        self.net = MLP(dim + embed_dim, dim, hidden, depth, activation, zero_last)
+        # A buffer: saved with the weights, so a loaded model has the same features.
+        self.register_buffer("fourier_b", torch.randn(fourier, dim) * fourier_scale)
+        self.net = MLP(dim + 2 * fourier + embed_dim, dim, hidden, depth, activation, zero_last)
+
+    def _features(self, x: Tensor) -> Tensor:
+        """``[x, sin(2 pi B x), cos(2 pi B x)]``, shape (B, dim + 2 * fourier)."""
+        if not len(self.fourier_b):
+            return x
+        angle = 2 * math.pi * x @ self.fourier_b.to(x.dtype).T
+        return torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1)
+
+    def _features_jacobian(self, x: Tensor) -> Tensor:
+        """d features / d x, shape (B, dim + 2 * fourier, dim)."""
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
+        if not len(self.fourier_b):
+            return eye
+        b = self.fourier_b.to(x.dtype)
+        angle = 2 * math.pi * x @ b.T  # (B, F)
+        d_sin = (2 * math.pi * torch.cos(angle))[..., None] * b  # (B, F, dim)
+        d_cos = (-2 * math.pi * torch.sin(angle))[..., None] * b
+        return torch.cat([eye, d_sin, d_cos], dim=1)
 
     def _embed(self, t: Tensor | float, x: Tensor) -> Tensor:
         """Time features of shape (B, embed_dim) in ``x``'s dtype and device."""
@@ -188,15 +224,16 @@ class TimeMLP(nn.Module):
         Returns:
             The velocity, shape (B, dim).
         """
-        return self.net(torch.cat([x, self._embed(t, x)], dim=1))
+        return self.net(torch.cat([self._features(x), self._embed(t, x)], dim=1))
 
     def forward_with_jacobian(self, t: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:
         """Evaluate the velocity and its Jacobian w.r.t. ``x`` by forward-mode propagation.
 
         Each layer ``z = W h + b`` maps the tangents ``T_h`` (B, width, dim) to ``W T_h``, and an
         activation multiplies them by ``act'(z)``. The time features do not depend on ``x``, so
-        only the ``x`` columns of the first weight seed the tangents. Differentiable w.r.t. the
-        parameters by ordinary autograd.
+        only the columns of the first weight that read ``x`` (and its Fourier features, through
+        their own Jacobian) seed the tangents. Differentiable w.r.t. the parameters by ordinary
+        autograd.
 
         Arguments:
             t: time, a float, a 0-dim tensor or a (B,) tensor.
@@ -207,8 +244,13 @@ class TimeMLP(nn.Module):
             shape (B, dim, dim), ``J[b, i, j] = d v_i / d x_j``.
         """
         layers = self.net.layers
-        z = layers[0](torch.cat([x, self._embed(t, x)], dim=1))
-        tangents = layers[0].weight[:, : self.dim].expand(x.shape[0], -1, -1)
+        features = self._features(x)
+        z = layers[0](torch.cat([features, self._embed(t, x)], dim=1))
+        w_x = layers[0].weight[:, : features.shape[1]]
+        if len(self.fourier_b):
+            tangents = w_x @ self._features_jacobian(x)
+        else:
+            tangents = w_x.expand(x.shape[0], -1, -1)
         for layer in layers[1:]:
             tangents = self.net.act_grad(z)[..., None] * tangents
             z = layer(self.net.act(z))

@@ -95,6 +95,21 @@ def test_forward_with_jacobian_matches_autograd(activation, time_embedding):
         torch.testing.assert_close(jac, autograd_jacobian(field, t, x), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_fourier_features_keep_the_jacobian_exact(dim):
+    torch.manual_seed(0)
+    field = TimeMLP(dim, hidden=16, depth=2, activation="silu", fourier=8, fourier_scale=2.0)
+    field = field.double()
+    x = torch.randn(5, dim, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    v, jac = field.forward_with_jacobian(t, x)
+    torch.testing.assert_close(v, field(t, x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(jac, autograd_jacobian(field, t, x), rtol=0, atol=1e-10)
+    assert "fourier_b" in field.state_dict()  # a loaded model gets the same features
+    with pytest.raises(ValueError, match="fourier must be an int >= 0, got -1"):
+        TimeMLP(dim, fourier=-1)
+
+
 def test_forward_with_jacobian_in_higher_dimension_and_batched_time():
     field = make_field("silu", "sinusoidal", dim=3)
     x = torch.randn(4, 3, dtype=torch.float64)
