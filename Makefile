@@ -27,7 +27,12 @@ lint: $(BIN)/genlab
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(BIN)/genlab
+	# the peers, with torch held at the installed build; torchdyn pulls a torchvision that
+	# does not load beside this torch and is not needed (torchmetrics imports it if present)
+	$(BIN)/python -m pip install --quiet -e ".[bench]" "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__.split("+")[0])')"
+	$(BIN)/python -m pip uninstall --quiet -y torchvision
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/peers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
