@@ -173,3 +173,18 @@ def test_bad_input():
         Solver("eulr")
     with pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got 2"):
         CNF(v, Solver(), Solver(), Solver()).log_prob(torch.zeros(2, 2), t=2)
+
+
+def test_ot_pairing_is_the_cheapest_permutation():
+    """Minibatch OT coupling: a permutation of the noise with the least total squared cost."""
+    import itertools
+
+    from genlab.models.rectified_flow import ot_pairing
+
+    g = torch.Generator().manual_seed(3)
+    x0, x1 = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g) + 2.0
+    paired = ot_pairing(x0, x1)
+    assert sorted(map(tuple, paired.tolist())) == sorted(map(tuple, x0.tolist()))
+    best = min((x1 - x0[list(p)]).square().sum().item() for p in itertools.permutations(range(6)))
+    assert (x1 - paired).square().sum().item() == pytest.approx(best, rel=1e-9)
+    assert (x1 - paired).square().sum() < (x1 - x0).square().sum()

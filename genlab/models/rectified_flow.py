@@ -9,11 +9,15 @@ References:
     Liu, Gong, Liu (2022), "Flow Straight and Fast: Learning to Generate and Transfer Data with
     Rectified Flow".
     Esser et al. (2024), "Scaling Rectified Flow Transformers" (logit-normal time sampling).
+    Tong et al. (2024), "Improving and generalizing flow-based generative models with
+    minibatch optimal transport"; Pooladian et al. (2023), "Multisample Flow Matching" (OT
+    coupling).
 """
 
 from __future__ import annotations
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -24,6 +28,17 @@ from genlab.ode import Solver, transport
 __all__ = ["RectifiedFlow", "TIME_DISTRIBUTIONS"]
 
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
+COUPLINGS = ("independent", "ot")
+
+
+@torch.no_grad()
+def ot_pairing(x0: Tensor, x1: Tensor) -> Tensor:
+    """Reorder the noise ``x0`` (B, dim) so that row i goes with ``x1[i]`` under the exact
+    optimal transport of the minibatch (squared Euclidean cost): with equal uniform weights the
+    optimal plan is a permutation, found exactly by the assignment problem."""
+    cost = torch.cdist(x1.double(), x0.double()).square().cpu().numpy()
+    _, cols = linear_sum_assignment(cost)
+    return x0[torch.as_tensor(cols, device=x0.device)]
 
 
 def warmup_ema(decay: float):
@@ -54,6 +69,9 @@ class RectifiedFlow(ContinuousFlow):
         reflow_pairs: (noise, sample) pairs drawn for each reflow round.
         reflow_steps: optimiser steps of each reflow round.
         reflow_solver: the precise solver that integrates the pairs' noise to data.
+        coupling: how noise is paired with a data batch: ``independent`` (plain rectified
+            flow) or ``ot`` (minibatch optimal transport, OT-CFM: straighter paths, so fewer
+            sampling steps, at the cost of an assignment per batch).
     """
 
     name = "rectified_flow"
@@ -69,6 +87,7 @@ class RectifiedFlow(ContinuousFlow):
         reflow_pairs: int = 50_000,
         reflow_steps: int = 5_000,
         reflow_solver: Solver | None = None,
+        coupling: str = "independent",
         dim: int = 2,
     ) -> None:
         super().__init__(velocity, sampler, likelihood, dim)
@@ -84,7 +103,11 @@ class RectifiedFlow(ContinuousFlow):
         for key, value in (("reflow_pairs", reflow_pairs), ("reflow_steps", reflow_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be an int >= 1, got {value!r}")
-        self.time_distribution = time_distribution
+        if coupling not in COUPLINGS:
+            raise ValueError(
+                f"unknown coupling {coupling!r}; choose one of: {', '.join(COUPLINGS)}"
+            )
+        self.time_distribution, self.coupling = time_distribution, coupling
         self.reflow, self.reflow_pairs, self.reflow_steps = reflow, reflow_pairs, reflow_steps
         self.reflow_solver = reflow_solver or Solver("dopri5", atol=1e-5, rtol=1e-5)
         self.ema = (
@@ -146,8 +169,12 @@ class RectifiedFlow(ContinuousFlow):
         return (self.velocity(t, xt) - (x1 - x0)).square().sum(-1).mean()
 
     def loss(self, x: Tensor) -> Tensor:
-        """Velocity matching with fresh noise paired independently with the data batch."""
-        return self.pair_loss(torch.randn_like(x), x)
+        """Velocity matching with fresh noise paired with the data batch, independently or by
+        minibatch optimal transport (``coupling``)."""
+        noise = torch.randn_like(x)
+        if self.coupling == "ot":
+            noise = ot_pairing(noise, x)
+        return self.pair_loss(noise, x)
 
     @torch.no_grad()
     def make_pairs(
