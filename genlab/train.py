@@ -54,14 +54,15 @@ def seed_everything(seed: int) -> None:
 
 
 def known_keys() -> dict[str, set[str]]:
-    """The keys genlab knows: at the top level (with the config groups), under ``train`` and
-    under ``eval``, read from the shipped ``conf/config.yaml``."""
+    """The keys genlab knows: at the top level (with the config groups), under ``train``,
+    ``eval`` and ``plots``, read from the shipped ``conf/config.yaml``."""
     base = OmegaConf.load(resources.files("genlab.conf").joinpath("config.yaml").open())
     groups = {key for entry in base.defaults if isinstance(entry, DictConfig) for key in entry}
     return {
         "": (set(base) - {"defaults"}) | groups,
         "train": set(base.train),
         "eval": set(base.eval),
+        "plots": set(base.plots),
     }
 
 
@@ -145,7 +146,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     seed_everything(cfg.seed)
     toy, model, fit = build(cfg, run_dir)
     device = model.device
-    figures = RunFigures(model, toy, run_dir, seed=cfg.eval.seed, grid=cfg.eval.grid)
+    figures = RunFigures(
+        model, toy, run_dir, seed=cfg.eval.seed, grid=cfg.eval.grid, animate=cfg.plots.animate
+    )
     fit.run(hooks=[(cfg.train.plot_every, figures.progress)])
 
     out = {"model": model.name, "data": toy.name, "seed": cfg.seed, "device": str(device)}

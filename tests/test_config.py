@@ -46,6 +46,7 @@ def test_compare_experiment_sweeps_everything_on_a_time_budget():
     assert params.model.split(",") == list(MODELS)
     assert params.data.split(",") == list(DATASETS)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.plots.animate is False  # no flow.gif: every second goes to training
     assert cfg.train.max_seconds * len(MODELS) * len(DATASETS) / cfg.hydra.launcher.n_jobs < 900
 
 
