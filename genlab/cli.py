@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from genlab.errors import GenlabError, RunDirError
 from genlab.fit import Stopped
 from genlab.runs import ERROR_FILE, RUN_FILES, check_run_dir
-from genlab.train import build, train
+from genlab.train import build, build_logger, train
 
 __all__ = ["main", "app", "Preflight"]
 
@@ -81,6 +81,7 @@ class Preflight(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         try:
+            build_logger(config)  # a missing extra stops the sweep before it starts
             check_run_dir(sweep, resume=True)  # writable
             taken = [p for name in RUN_FILES for p in sweep.glob(f"*/{name}")]
             if taken and not config.train.resume:

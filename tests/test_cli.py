@@ -60,6 +60,7 @@ def test_cli_run_writes_every_output(tmp_path, model, extra, files):
     run_dir = tmp_path / model
     run_cli(run_dir, [*tiny_overrides(model), *extra, "plots.animate=true"])
     assert files <= {p.name for p in run_dir.iterdir()}
+    assert not list(run_dir.glob("events.out.tfevents.*"))  # logger=none: files only
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
     assert metrics["model"] == model and metrics["data"] == "moons"
