@@ -50,6 +50,22 @@ OmegaConf.register_new_resolver(
 )
 
 
+def training_budgets() -> str:
+    """Each shipped model's own ``train.steps`` (``cnf 1,000, nice 5,000, ...``), read from
+    its config or, where it sets none, from config.yaml's: the budgets ``genlab --help``
+    states."""
+    conf = resources.files("genlab.conf")
+    default = OmegaConf.load(conf.joinpath("config.yaml").open()).train.steps
+    budgets = {}
+    for name, node in _model_files().items():
+        steps = default if "_target_" in node else OmegaConf.select(node, "train.steps")
+        budgets[name] = steps or default
+    return ", ".join(f"{name} {steps:,}" for name, steps in budgets.items())
+
+
+OmegaConf.register_new_resolver("genlab.budgets", training_budgets, replace=True)
+
+
 class OneLine(CompactHydraException):
     """Hydra prints a compact exception's message alone, with no traceback."""
 
@@ -140,14 +156,21 @@ def app(cfg: DictConfig) -> float:
         raise
 
 
-def _model_configs() -> dict[str, DictConfig]:
-    """Each model group option's ``model`` node, from the shipped configs."""
+def _model_files() -> dict[str, DictConfig]:
+    """Each shipped model group option's YAML, as loaded (a model node, or a global package
+    with ``model`` and its own ``train``)."""
     out = {}
     for entry in sorted(resources.files("genlab.conf").joinpath("model").iterdir(), key=str):
         if entry.name.endswith(".yaml"):
-            node = OmegaConf.load(entry.open())
-            out[entry.name[: -len(".yaml")]] = node if "_target_" in node else node.model
+            out[entry.name[: -len(".yaml")]] = OmegaConf.load(entry.open())
     return out
+
+
+def _model_configs() -> dict[str, DictConfig]:
+    """Each model group option's ``model`` node, from the shipped configs."""
+    return {
+        name: node if "_target_" in node else node.model for name, node in _model_files().items()
+    }
 
 
 def _chosen(group: str, argv: list[str]) -> str:

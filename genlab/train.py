@@ -58,7 +58,13 @@ def known_keys() -> dict[str, set[str]]:
     """The keys genlab knows: at the top level (with the config groups), under ``train``,
     ``eval`` and ``plots``, read from the shipped ``conf/config.yaml``."""
     base = OmegaConf.load(resources.files("genlab.conf").joinpath("config.yaml").open())
-    groups = {key for entry in base.defaults if isinstance(entry, DictConfig) for key in entry}
+    groups = {
+        key
+        for entry in base.defaults
+        if isinstance(entry, DictConfig)
+        for key in entry
+        if "/" not in key  # not Hydra's own groups (override hydra/help)
+    }
     return {
         "": (set(base) - {"defaults"}) | groups,
         "train": set(base.train),
