@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.10+ and pip:
 #   make run    creates .venv, installs genlab, trains NICE on moons (ARGS="model=cnf ..." to override)
-#   make test   creates .venv, installs genlab with its test tools, runs the test suite
+#   make test   creates .venv, installs genlab with its test tools and both logger extras, runs
+#               the test suite
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch (seconds to install here). On a CUDA machine: make TORCH=torch run
@@ -14,13 +15,19 @@ $(BIN)/genlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,launchers]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,launchers]" "$(TORCH)"
+	@touch $@
+
+# The logger extras, so that their tests run (tensorboard and mlflow: about half a minute more
+# to install); naming $(TORCH) again keeps pip from moving torch.
+$(VENV)/.loggers: $(BIN)/genlab
+	$(BIN)/python -m pip install --quiet -e ".[dev,launchers,tensorboard,mlflow]" "$(TORCH)"
 	@touch $@
 
 run: $(BIN)/genlab
 	$(BIN)/genlab $(ARGS)
 
-test: $(BIN)/genlab
+test: $(VENV)/.loggers
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(BIN)/genlab

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from genlab.errors import GenlabError, RunDirError
 from genlab.fit import Stopped
 from genlab.runs import ERROR_FILE, RUN_FILES, check_run_dir
-from genlab.train import build, train
+from genlab.train import build, build_logger, train
 
 __all__ = ["main", "app", "Preflight"]
 
@@ -48,6 +48,22 @@ log = logging.getLogger("genlab")
 OmegaConf.register_new_resolver(
     "genlab.uid", lambda: secrets.token_hex(3), use_cache=True, replace=True
 )
+
+
+def training_budgets() -> str:
+    """Each shipped model's own ``train.steps`` (``cnf 1,000, nice 5,000, ...``), read from
+    its config or, where it sets none, from config.yaml's: the budgets ``genlab --help``
+    states."""
+    conf = resources.files("genlab.conf")
+    default = OmegaConf.load(conf.joinpath("config.yaml").open()).train.steps
+    budgets = {}
+    for name, node in _model_files().items():
+        steps = default if "_target_" in node else OmegaConf.select(node, "train.steps")
+        budgets[name] = steps or default
+    return ", ".join(f"{name} {steps:,}" for name, steps in budgets.items())
+
+
+OmegaConf.register_new_resolver("genlab.budgets", training_budgets, replace=True)
 
 
 class OneLine(CompactHydraException):
@@ -81,6 +97,7 @@ class Preflight(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         try:
+            build_logger(config)  # a missing extra stops the sweep before it starts
             check_run_dir(sweep, resume=True)  # writable
             taken = [p for name in RUN_FILES for p in sweep.glob(f"*/{name}")]
             if taken and not config.train.resume:
@@ -139,14 +156,21 @@ def app(cfg: DictConfig) -> float:
         raise
 
 
-def _model_configs() -> dict[str, DictConfig]:
-    """Each model group option's ``model`` node, from the shipped configs."""
+def _model_files() -> dict[str, DictConfig]:
+    """Each shipped model group option's YAML, as loaded (a model node, or a global package
+    with ``model`` and its own ``train``)."""
     out = {}
     for entry in sorted(resources.files("genlab.conf").joinpath("model").iterdir(), key=str):
         if entry.name.endswith(".yaml"):
-            node = OmegaConf.load(entry.open())
-            out[entry.name[: -len(".yaml")]] = node if "_target_" in node else node.model
+            out[entry.name[: -len(".yaml")]] = OmegaConf.load(entry.open())
     return out
+
+
+def _model_configs() -> dict[str, DictConfig]:
+    """Each model group option's ``model`` node, from the shipped configs."""
+    return {
+        name: node if "_target_" in node else node.model for name, node in _model_files().items()
+    }
 
 
 def _chosen(group: str, argv: list[str]) -> str:

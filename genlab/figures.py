@@ -4,11 +4,15 @@ Every model gets ``samples.png``, ``density.png`` (truth | model | log ratio) an
 ``samples.npz`` (the arrays the sweep gallery draws). A :class:`genlab.models.base.Transport`
 also gets ``trajectories.png`` (one panel per stage of a multi-stage model) and
 ``density_t.png`` (p_t along the path). Per-stage scores of W2 against sampling steps give
-``quality_vs_steps.png``. The drawing itself is in :mod:`genlab.plots`.
+``quality_vs_steps.png``. Every model with a path from noise to data gets ``flow.gif``: the
+points of a :class:`Transport` moving from t=0 to t=1 over p_t, those of a
+:class:`genlab.models.base.Layered` model pushed through its layers one at a time, and the
+rounds of a multi-stage model side by side. The drawing itself is in :mod:`genlab.plots`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,12 +22,15 @@ import torch
 
 from genlab import plots
 from genlab.fit import TRAJECTORY_PATHS
-from genlab.models.base import Model, Transport
+from genlab.models.base import Layered, Model, Transport
 
 __all__ = ["SNAPSHOT_TIMES", "RunFigures"]
 
 SNAPSHOT_TIMES = (0.0, 0.25, 0.5, 0.75, 1.0)
 VIEW_POINTS = 5000  # data and model points in the sample scatter plots
+FLOW_POINTS = 300  # points moving in flow.gif
+FLOW_DATA = 2000  # grey data points behind them
+FLOW_DENSITY_EVERY = 4  # p_t behind them every 4th frame, interpolated (in log) in between
 W2_KEY = re.compile(r"w2_([a-z_]+?)(\d+)$")  # "w2_euler10": sampler euler, 10 steps
 
 
@@ -34,12 +41,15 @@ class RunFigures:
         model, toy: the model (through its public interface) and its data set.
         run_dir: where the PNGs go.
         seed: the evaluation seed (the same data view and noise for every model).
-        grid: points per side of the density grids.
+        grid: points per side of the density grids (an eighth of it behind ``flow.gif``).
+        animate: write ``flow.gif`` (``plots.animate``).
     """
 
-    def __init__(self, model: Model, toy, run_dir: Path, *, seed: int, grid: int) -> None:
+    def __init__(
+        self, model: Model, toy, run_dir: Path, *, seed: int, grid: int, animate: bool = True
+    ) -> None:
         self.model, self.toy, self.run_dir = model, toy, Path(run_dir)
-        self.seed, self.grid = seed, grid
+        self.seed, self.grid, self.animate = seed, grid, animate
         self.title = f"{model.name} on {toy.name}"
         gen = torch.Generator(model.device).manual_seed(seed)
         self.data = toy.sample(VIEW_POINTS, gen).numpy(force=True)
@@ -79,6 +89,8 @@ class RunFigures:
         )
         if isinstance(model, Transport):
             self._transport(title, records, dtype)
+        if self.animate:
+            self._animate(title, records, dtype)
         curves = quality_curves(records)
         if curves:
             plots.plot_quality_vs_steps(
@@ -100,10 +112,43 @@ class RunFigures:
         }
         plots.plot_density_snapshots(snaps, bound, f"{title}: p_t", self.run_dir / "density_t.png")
 
-    def _grid(self, log_prob: Callable, dtype: torch.dtype) -> np.ndarray:
-        return plots.grid_log_density(
-            log_prob, self.toy.bound, self.grid // 2, self.model.device, dtype
-        )
+    @torch.no_grad()
+    def _animate(self, title: str, records: Sequence[dict], dtype: torch.dtype) -> None:
+        """``flow.gif``, chosen by what the model can do; nothing for a model without a path."""
+        model, frames = self.model, plots.FRAMES
+        rounds = [
+            (f"round {k}", r["paths"]) for k, r in enumerate(records) if r["paths"] is not None
+        ]
+        times = [f"t = {t:.2f}" for t in np.linspace(0, 1, frames)]
+        if len(rounds) > 1:
+            panels = [plots.Panel(label, plots.resample(p.numpy())) for label, p in rounds]
+            captions = times
+        elif isinstance(model, Transport):
+            paths = model.trajectories(FLOW_POINTS, self._gen(), points=frames).numpy(force=True)
+            grid, keys = max(self.grid // 8, 8), (frames - 1) // FLOW_DENSITY_EVERY + 1
+            log_pt = [
+                self._grid(lambda x, t=t: model.log_prob(x, t=t), dtype, grid)
+                for t in np.linspace(0, 1, keys).tolist()
+            ]
+            log_pt = plots.resample(np.stack(log_pt), frames)
+            panels = [plots.Panel("noise (t=0) to data (t=1) over p_t", paths, log_pt)]
+            captions = times
+        elif isinstance(model, Layered):
+            states = model.layer_states(FLOW_POINTS, self._gen()).numpy(force=True)
+            layers = len(states) - 1
+            panels = [plots.Panel("noise through the layers", plots.resample(states))]
+            captions = [
+                f"layer {math.ceil(pos)} of {layers}" if pos else "noise"
+                for pos in np.linspace(0, layers, frames)
+            ]
+        else:
+            return
+        data = self.data[:FLOW_DATA]
+        plots.animate_flow(panels, captions, data, self.toy.bound, title, self.run_dir / "flow.gif")
+
+    def _grid(self, log_prob: Callable, dtype: torch.dtype, n: int | None = None) -> np.ndarray:
+        n = n or self.grid // 2
+        return plots.grid_log_density(log_prob, self.toy.bound, n, self.model.device, dtype)
 
 
 def quality_curves(records: Sequence[dict]) -> dict[str, dict[int, float]]:

@@ -1,4 +1,5 @@
-"""Figures: samples, density against the truth, trajectories, density snapshots, quality vs steps.
+"""Figures: samples, density against the truth, trajectories, density snapshots, quality vs steps,
+and the flow animation (matplotlib's animation API, written as a GIF by its Pillow writer).
 
 Headless (Agg). Every 2D panel has equal aspect and axis labels; every figure is titled with
 model, data and step. Every figure is laid out by constrained layout, sized so that its square
@@ -9,6 +10,7 @@ model, through its public interface) and a path, write one PNG and return nothin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -16,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.animation import PillowWriter  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -28,6 +31,10 @@ __all__ = [
     "plot_trajectories",
     "plot_density_snapshots",
     "plot_quality_vs_steps",
+    "FRAMES",
+    "Panel",
+    "resample",
+    "animate_flow",
 ]
 
 GRID = 200  # points per side of density grids
@@ -36,6 +43,10 @@ NEGLIGIBLE = 1e-3  # density below this fraction of the truth's peak counts as n
 NEGLIGIBLE_COLOR = "0.75"  # grey: where the ratio panel has nothing to show
 TIME_CMAP = "plasma"  # colour of t along trajectories; noise and sample dots use its two ends
 DPI = 110
+FRAMES = 49  # frames of every flow animation (t = k/48): 4 s a loop at FPS
+FPS = 12
+GIF_DPI = 72  # coarser than the PNGs: a GIF stores every frame
+FLOW_COLOR = "#ff2d2d"  # the moving points: red stands out on viridis and on grey alike
 
 
 def grid_points(bound: float, n: int = GRID) -> torch.Tensor:
@@ -199,3 +210,80 @@ def plot_quality_vs_steps(
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     _save(fig, path)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a flow animation.
+
+    Attributes:
+        label: the panel's title.
+        points: (frames, n, 2) the positions of the same n points at every frame.
+        log_density: (frames, g, g) the log-density behind the points at every frame, on the
+            grid of :func:`grid_points` (``bound``, g); ``None`` shows the data in grey instead.
+    """
+
+    label: str
+    points: np.ndarray
+    log_density: np.ndarray | None = None
+
+
+def resample(states: np.ndarray, frames: int = FRAMES) -> np.ndarray:
+    """Linear interpolation of (K, ...) states, K >= 2 equally spaced along a path, to
+    ``frames`` equally spaced positions; returns (frames, ...), the ends unchanged."""
+    pos = np.linspace(0, len(states) - 1, frames)
+    lo = np.minimum(pos.astype(int), len(states) - 2)
+    w = (pos - lo).reshape(-1, *[1] * (states.ndim - 1))
+    return (1 - w) * states[lo] + w * states[lo + 1]
+
+
+def animate_flow(
+    panels: Sequence[Panel], captions: Sequence[str], data: np.ndarray, bound: float, title, path
+) -> None:
+    """Points carried from noise to data, one panel per :class:`Panel`, one frame per caption.
+
+    Every panel shows its points at the frame (FLOW_COLOR) with their tracks so far, over the
+    panel's density at that frame (each frame on its own colour scale) or the data in grey. The
+    caption (``t = 0.50``, ``layer 3 of 17``) is printed in each panel. The layout is fixed
+    after the first frame, so nothing moves but the points. Writes a GIF at FPS frames a second
+    through matplotlib's Pillow writer.
+    """
+    fig, axes = _figure(len(panels), panel=3.4)
+    extent = (-bound, bound, -bound, bound)
+    drawn = []
+    for ax, panel in zip(axes, panels, strict=True):
+        image = None
+        if panel.log_density is None:
+            _scatter(ax, data, "0.6")
+        else:
+            image = ax.imshow(
+                np.exp(panel.log_density[0]),
+                origin="lower",
+                extent=extent,
+                cmap="viridis",
+                interpolation="bilinear",
+            )
+        track_color = "0.3" if image is None else "white"
+        tracks = LineCollection([], colors=track_color, linewidths=0.4, alpha=0.35)
+        ax.add_collection(tracks)
+        dots = ax.scatter(*panel.points[0].T, s=7, color=FLOW_COLOR, linewidths=0, zorder=3)
+        box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "linewidth": 0}
+        caption = ax.text(0.03, 0.97, "", transform=ax.transAxes, va="top", bbox=box)
+        _square(ax, bound, panel.label)
+        drawn.append((panel, image, tracks, dots, caption))
+    fig.suptitle(title)
+    fig.canvas.draw()
+    fig.set_layout_engine("none")  # keep the first frame's layout: only the points move
+    writer = PillowWriter(fps=FPS)
+    with writer.saving(fig, path, dpi=GIF_DPI):
+        for f, text in enumerate(captions):
+            for panel, image, tracks, dots, caption in drawn:
+                if image is not None:
+                    density = np.exp(panel.log_density[f])
+                    image.set_data(density)
+                    image.set_clim(0, max(density.max(), 1e-12))
+                tracks.set_segments(panel.points[: f + 1].transpose(1, 0, 2))
+                dots.set_offsets(panel.points[f])
+                caption.set_text(text)
+            writer.grab_frame()
+    plt.close(fig)

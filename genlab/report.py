@@ -1,7 +1,8 @@
 """``genlab-report <sweep dir>``: a leaderboard and a gallery from every run's outputs.
 
 Reads each run's ``metrics.json`` (and ``samples.npz`` for the gallery) below the sweep dir and
-writes ``leaderboard.md``, ``leaderboard.csv`` and ``gallery.png`` into it. A run whose files are
+writes ``leaderboard.md``, ``leaderboard.csv`` and ``gallery.png`` into it; with ``--animate``
+also ``gallery.gif``, the runs' ``flow.gif`` tiled as the gallery is. A run whose files are
 missing or corrupt is named with the reason and left out; the others are still reported. Data
 sets and models appear in the order the sweep was given (see :func:`sweep_order`). Hydra sweeps
 call it at the end through :class:`SweepReport`.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import logging
 import math
@@ -22,13 +24,16 @@ import numpy as np
 import torch
 import yaml
 from hydra.experimental.callback import Callback
+from matplotlib.animation import PillowWriter
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image, ImageSequence
 
 from genlab.data import get_toy
+from genlab.plots import FPS, GIF_DPI
 from genlab.runs import ERROR_FILE
 
-__all__ = ["collect", "sweep_order", "write_report", "SweepReport", "main"]
+__all__ = ["collect", "sweep_order", "write_report", "animate_gallery", "SweepReport", "main"]
 
 log = logging.getLogger("genlab")
 
@@ -241,11 +246,47 @@ def draw_gallery(root: Path, runs: list[dict]) -> Figure:
     return fig
 
 
-def write_report(sweep_dir: str | Path) -> list[dict]:
-    """Write ``leaderboard.md``, ``leaderboard.csv`` and ``gallery.png`` into ``sweep_dir``.
+def animate_gallery(root: Path, runs: list[dict], path: Path) -> None:
+    """The runs' ``flow.gif`` frame by frame, laid out as the gallery: a row per model, a
+    column per data set, in the sweep's order; cells of runs without a GIF stay blank.
+
+    Raises ``ValueError`` when no run has a ``flow.gif`` (runs made with plots.animate=false).
+    """
+    datas, models = sweep_order(runs, "data"), sweep_order(runs, "model")
+    clips = {}
+    for m in runs:
+        if (root / m["run"] / "flow.gif").is_file():
+            with Image.open(root / m["run"] / "flow.gif") as gif:
+                frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)]
+            clips[(m["data"], m["model"])] = frames
+    if not clips:
+        raise ValueError(f"no run under {root} has a flow.gif: they ran with plots.animate=false")
+    fig = Figure(figsize=(2.2 * len(datas), 2.2 * len(models) + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(models), len(datas), squeeze=False)
+    images = {}
+    for (i, model), (j, data) in itertools.product(enumerate(models), enumerate(datas)):
+        ax = axes[i, j]
+        ax.set(xticks=[], yticks=[], title=data if i == 0 else "")
+        ax.set_ylabel(model if j == 0 else "", fontsize=8)
+        if (data, model) in clips:
+            images[(data, model)] = ax.imshow(clips[(data, model)][0])
+    fig.suptitle(f"genlab flows: {root.name}")
+    writer = PillowWriter(fps=FPS)
+    with writer.saving(fig, path, dpi=GIF_DPI):
+        for f in range(max(len(c) for c in clips.values())):
+            for key, image in images.items():
+                image.set_data(clips[key][min(f, len(clips[key]) - 1)])
+            writer.grab_frame()
+
+
+def write_report(sweep_dir: str | Path, animate: bool = False) -> list[dict]:
+    """Write ``leaderboard.md``, ``leaderboard.csv`` and ``gallery.png`` into ``sweep_dir``,
+    and ``gallery.gif`` if ``animate`` (see :func:`animate_gallery`).
 
     Raises ``FileNotFoundError`` if the dir is missing and ``ValueError`` if it is a single run
-    or holds no readable run; unreadable runs are logged and skipped.
+    or holds no readable run (or, with ``animate``, no ``flow.gif``); unreadable runs are
+    logged and skipped.
     """
     root = Path(sweep_dir)
     runs, problems = collect(root)
@@ -271,6 +312,8 @@ def write_report(sweep_dir: str | Path) -> list[dict]:
         writer.writeheader()
         writer.writerows(runs)
     draw_gallery(root, runs).savefig(root / "gallery.png", dpi=100)
+    if animate:
+        animate_gallery(root, runs, root / "gallery.gif")
     log.info("report of %d run%s written to %s", len(runs), "" if len(runs) == 1 else "s", root)
     return runs
 
@@ -301,13 +344,16 @@ class SweepReport(Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``genlab-report <sweep dir>``."""
+    """Command line: ``genlab-report [--animate] <sweep dir>``."""
     parser = argparse.ArgumentParser(prog="genlab-report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="a sweep dir, e.g. outputs/multirun/<date_time>")
+    parser.add_argument(
+        "--animate", action="store_true", help="also gallery.gif, from the runs' flow.gif"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        runs = write_report(args.sweep_dir)
+        runs = write_report(args.sweep_dir, animate=args.animate)
     except (OSError, ValueError) as e:
         print(f"genlab-report: {e}", file=sys.stderr)
         return 1

@@ -26,10 +26,11 @@ from genlab import metrics, plots  # noqa: F401  (plots: the figures' module, pa
 from genlab.errors import ConfigError
 from genlab.figures import RunFigures
 from genlab.fit import Fit
+from genlab.loggers import Logger, RunLog
 from genlab.models.base import Model
 from genlab.runs import check_run_dir
 
-__all__ = ["build", "train", "resolve_device"]
+__all__ = ["build", "build_logger", "train", "resolve_device"]
 
 log = logging.getLogger("genlab")
 
@@ -54,14 +55,21 @@ def seed_everything(seed: int) -> None:
 
 
 def known_keys() -> dict[str, set[str]]:
-    """The keys genlab knows: at the top level (with the config groups), under ``train`` and
-    under ``eval``, read from the shipped ``conf/config.yaml``."""
+    """The keys genlab knows: at the top level (with the config groups), under ``train``,
+    ``eval`` and ``plots``, read from the shipped ``conf/config.yaml``."""
     base = OmegaConf.load(resources.files("genlab.conf").joinpath("config.yaml").open())
-    groups = {key for entry in base.defaults if isinstance(entry, DictConfig) for key in entry}
+    groups = {
+        key
+        for entry in base.defaults
+        if isinstance(entry, DictConfig)
+        for key in entry
+        if "/" not in key  # not Hydra's own groups (override hydra/help)
+    }
     return {
         "": (set(base) - {"defaults"}) | groups,
         "train": set(base.train),
         "eval": set(base.eval),
+        "plots": set(base.plots),
     }
 
 
@@ -93,8 +101,30 @@ def _check_config(cfg: DictConfig) -> None:
             raise ValueError(f"train.{key} must be an int >= 0, got {v!r}")
 
 
-def build(cfg: DictConfig, run_dir: Path) -> tuple[object, Model, Fit]:
-    """Check the config, instantiate the toy and the model and prepare their fit.
+def _config_error(e: InstantiationException) -> ConfigError:
+    """Hydra's instantiation error as one line naming the config key (a :class:`ConfigError`
+    raised by the object itself already names it)."""
+    if isinstance(e.__cause__, ConfigError):
+        return e.__cause__
+    key = re.search(r"^full_key: (.+)$", str(e), re.MULTILINE)
+    where = key.group(1) if key else "config"
+    return ConfigError(f"{where}: {e.__cause__ or str(e).splitlines()[0]}")
+
+
+def build_logger(cfg: DictConfig) -> Logger:
+    """The run's logger from the ``logger`` group (nothing is written until it is opened).
+
+    Raises:
+        ConfigError: a bad logger setting, or the backend's extra is not installed.
+    """
+    try:
+        return instantiate(cfg.logger)
+    except InstantiationException as e:
+        raise _config_error(e) from e
+
+
+def build(cfg: DictConfig, run_dir: Path) -> tuple[object, Model, Fit, Logger]:
+    """Check the config, instantiate the toy, the model and the logger and prepare the fit.
 
     Writes nothing: every setting is checked here (each stage's trainer is built), and so is
     the run dir, before a file is touched.
@@ -120,13 +150,12 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[object, Model, Fit]:
             n_report=cfg.eval.n_w2,
         )
     except InstantiationException as e:
-        key = re.search(r"^full_key: (.+)$", str(e), re.MULTILINE)
-        where = key.group(1) if key else "config"
-        raise ConfigError(f"{where}: {e.__cause__ or str(e).splitlines()[0]}") from e
+        raise _config_error(e) from e
     except ValueError as e:
         raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from e
+    logger = build_logger(cfg)
     check_run_dir(run_dir, cfg.train.resume)
-    return toy, model, fit
+    return toy, model, fit, logger
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
@@ -143,22 +172,28 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     if cfg.get("threads") is not None:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    toy, model, fit = build(cfg, run_dir)
+    toy, model, fit, logger = build(cfg, run_dir)
     device = model.device
-    figures = RunFigures(model, toy, run_dir, seed=cfg.eval.seed, grid=cfg.eval.grid)
-    fit.run(hooks=[(cfg.train.plot_every, figures.progress)])
-
-    out = {"model": model.name, "data": toy.name, "seed": cfg.seed, "device": str(device)}
-    out["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    out.update(fit.summary())
-    log.info("evaluating %s on %s", model.name, toy.name)
-    e = cfg.eval
-    out.update(
-        metrics.evaluate(model, toy, seed=e.seed, n_test=e.n_test, n_w2=e.n_w2, n_timing=e.n_timing)
+    figures = RunFigures(
+        model, toy, run_dir, seed=cfg.eval.seed, grid=cfg.eval.grid, animate=cfg.plots.animate
     )
-    figures.final(out["steps"], fit.records, out["w2_floor"])
-    out["peak_memory_mb"] = metrics.peak_memory_mb(device)
-    (run_dir / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
+    with RunLog(logger, fit) as run_log:
+        fit.run(hooks=[(cfg.train.plot_every, figures.progress), run_log.hook])
+
+        out = {"model": model.name, "data": toy.name, "seed": cfg.seed, "device": str(device)}
+        out["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        out.update(fit.summary())
+        log.info("evaluating %s on %s", model.name, toy.name)
+        e = cfg.eval
+        out.update(
+            metrics.evaluate(
+                model, toy, seed=e.seed, n_test=e.n_test, n_w2=e.n_w2, n_timing=e.n_timing
+            )
+        )
+        figures.final(out["steps"], fit.records, out["w2_floor"])
+        out["peak_memory_mb"] = metrics.peak_memory_mb(device)
+        (run_dir / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
+        run_log.finish(out)
     log.info(
         "%s: nll %.4f  kl %.4f +- %.4f  w2 %.3f (floor %.3f)  %.1f s  -> %s",
         figures.title,

@@ -19,6 +19,7 @@ DATASETS = (
 )
 
 # A few steps, small nets and small evaluation sets: every model runs end to end in seconds.
+# No flow.gif (3 s a run): the tests of the animation ask for it with plots.animate=true.
 TINY = [
     "train.steps=6",
     "train.batch_size=64",
@@ -29,6 +30,7 @@ TINY = [
     "eval.n_w2=200",
     "eval.n_timing=200",
     "eval.grid=24",
+    "plots.animate=false",
 ]
 TINY_MODEL = {
     "nice": ["model.couplings=2", "model.hidden=16", "model.depth=1"],

@@ -1,13 +1,16 @@
 """End to end through the real command line, one tiny run per model, in a subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from PIL import Image
 
 import genlab
+from genlab.plots import FRAMES
 from tests.conftest import tiny_overrides
 
 COMMON = {
@@ -19,6 +22,7 @@ COMMON = {
     "samples.npz",
     "genlab.log",
     ".hydra",
+    "flow.gif",
 }
 CONTINUOUS = {"trajectories.png", "density_t.png"}
 METRIC_KEYS = {
@@ -55,12 +59,16 @@ def run_cli(run_dir, overrides):
 )
 def test_cli_run_writes_every_output(tmp_path, model, extra, files):
     run_dir = tmp_path / model
-    run_cli(run_dir, [*tiny_overrides(model), *extra])
+    run_cli(run_dir, [*tiny_overrides(model), *extra, "plots.animate=true"])
     assert files <= {p.name for p in run_dir.iterdir()}
+    assert not list(run_dir.glob("events.out.tfevents.*"))  # logger=none: files only
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
     assert metrics["model"] == model and metrics["data"] == "moons"
     assert abs(metrics["kl"] - (metrics["nll"] - metrics["test_entropy"])) < 1e-9
+    with Image.open(run_dir / "flow.gif") as gif:
+        assert gif.n_frames == FRAMES <= 60
+    assert (run_dir / "flow.gif").stat().st_size <= 2 * 2**20
     history = (run_dir / "history.csv").read_text().splitlines()
     assert history[0].startswith("round,step,loss")
     loaded = genlab.load_run(run_dir)
@@ -116,3 +124,28 @@ def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch, model):
     assert resumed["train_seconds"] > 0
     rows = (tmp_path / "b" / "history.csv").read_text().splitlines()
     assert len(rows) == 1 + total
+
+
+def test_help_teaches_the_command_line_before_the_config(compose_cfg, tmp_path):
+    """genlab --help opens with what the lab does (each model's budget as its config sets
+    it) and example commands, then the config groups and the config; it writes nothing."""
+    cmd = [sys.executable, "-m", "genlab", "--help"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout
+    assert text.startswith("genlab: a small, exact, fast lab for flows")
+    budgets = {
+        m: compose_cfg([f"model={m}"]).train.steps for m in ("nice", "cnf", "rectified_flow")
+    }
+    assert budgets == {"nice": 5000, "cnf": 1000, "rectified_flow": 20000}
+    stated = ", ".join(f"{m} {budgets[m]:,}" for m in sorted(budgets))
+    assert f"training budget (train.steps): {stated}." in text
+    examples = text.index("== Examples ==")
+    groups = text.index("== Config groups")
+    assert examples < groups < text.index("== Config (")
+    for example in ("genlab model=cnf data=8gaussians", "genlab -m model=nice,cnf,rectified_flow"):
+        assert examples < text.index(example) < groups
+    assert "\nmodel: cnf, nice, rectified_flow\n" in text
+    assert "\ndata: 2spirals, 8gaussians, checkerboard, circles, moons, pinwheel, rings," in text
+    assert "\nlogger: mlflow, none, tensorboard\n" in text
+    assert os.listdir(tmp_path) == []

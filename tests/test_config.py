@@ -1,13 +1,18 @@
 """Hydra configs: every model x data pair composes and instantiates; bad input fails clearly."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
+from genlab.loggers import Logger
 from genlab.models.base import Model
 from genlab.train import train
 from tests.conftest import DATASETS, MODELS, tiny_overrides
+
+LOGGERS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "logger").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("data", DATASETS)
@@ -27,6 +32,20 @@ def test_defaults_are_nice_on_moons(compose_cfg):
     cfg = compose_cfg([])
     assert cfg.model._target_.endswith("NICE") and cfg.data._target_.endswith("Moons")
     assert cfg.device == "auto"
+    assert type(instantiate(cfg.logger)) is Logger  # logger=none: files only
+    assert cfg.plots.animate is True
+
+
+def test_the_logger_group_offers_files_only_tensorboard_and_mlflow():
+    assert LOGGERS == ["mlflow", "none", "tensorboard"]
+
+
+@pytest.mark.parametrize("name", LOGGERS)
+def test_every_logger_composes_and_builds_without_writing(compose_cfg, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default MLflow store would go
+    logger = instantiate(compose_cfg([f"logger={name}"]).logger)
+    assert isinstance(logger, Logger) and logger.every >= 0
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_experiments_compose(compose_cfg):
@@ -46,6 +65,7 @@ def test_compare_experiment_sweeps_everything_on_a_time_budget():
     assert params.model.split(",") == list(MODELS)
     assert params.data.split(",") == list(DATASETS)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.plots.animate is False  # no flow.gif: every second goes to training
     assert cfg.train.max_seconds * len(MODELS) * len(DATASETS) / cfg.hydra.launcher.n_jobs < 900
 
 

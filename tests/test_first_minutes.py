@@ -73,6 +73,7 @@ def test_the_readme_states_each_models_own_training_budget(compose_cfg):
         ("+train.step=1", "unknown key train.step; did you mean train.steps?"),
         ("+eval.n_tset=5", "unknown key eval.n_tset; did you mean eval.n_test?"),
         ("+sed=3", "unknown key sed; did you mean seed?"),
+        ("+plots.animat=false", "unknown key plots.animat; did you mean plots.animate?"),
     ],
 )
 def test_keys_added_with_plus_are_checked(compose_cfg, tmp_path, override, message):

@@ -89,6 +89,20 @@ def test_nice_sample_shapes_and_determinism(nice):
     assert torch.equal(a, b)
 
 
+def test_layer_states_push_the_samples_noise_through_one_layer_at_a_time(nice):
+    """The first state is the prior draw, each next one is one layer's inverse of the one
+    before (scaling first, then the couplings last to first), the last is sample()."""
+    states = nice.layer_states(9, torch.Generator().manual_seed(4))
+    assert states.shape == (4 + 2, 9, 2)
+    noise = nice.prior.sample(9, torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert torch.equal(states[0], noise)
+    layers = [nice.scaling, *reversed(nice.couplings)]
+    for before, after, layer in zip(states[:-1], states[1:], layers, strict=True):
+        assert torch.equal(after, layer.inverse(before))
+        assert not torch.allclose(after, before)  # every layer moves the points
+    assert torch.equal(states[-1], nice.sample(9, torch.Generator().manual_seed(4)))
+
+
 def test_loss_is_mean_nll(nice, x64):
     assert math.isclose(nice.loss(x64).item(), -nice.log_prob(x64).mean().item())
 

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from genlab.data import get_toy
 from genlab.metrics import kl_to_truth, wasserstein2
@@ -220,3 +221,32 @@ def test_multirun_sweep_writes_runs_and_report(tmp_path, launcher):
     assert "| moons | nice |" in board and "| 8gaussians | nice |" in board
     assert board.index("| moons |") < board.index("| 8gaussians |")  # the sweep's order
     assert (sweep / "gallery.png").is_file()
+
+
+def fake_gif(run, frames: int, size: tuple[int, int]) -> None:
+    """A flow.gif whose frames are flat colours, each different."""
+    images = [Image.new("RGB", size, (40 * k, 200 - 40 * k, 90)) for k in range(frames)]
+    images[0].save(run / "flow.gif", save_all=True, append_images=images[1:], duration=80)
+
+
+def test_report_animates_the_gallery_only_on_request(tmp_path, capsys):
+    fake_gif(fake_run(tmp_path, "0_nice_moons", "nice", "moons", job=0), 3, (60, 64))
+    fake_gif(fake_run(tmp_path, "1_cnf_moons", "cnf", "moons", job=1), 2, (120, 64))  # 2 panels
+    fake_run(tmp_path, "2_cnf_rings", "cnf", "rings", job=2)  # made with plots.animate=false
+    assert main([str(tmp_path)]) == 0
+    assert not (tmp_path / "gallery.gif").exists()
+    assert main(["--animate", str(tmp_path)]) == 0
+    with Image.open(tmp_path / "gallery.gif") as gif:
+        assert gif.n_frames == 3  # the longest clip; the shorter one holds its last frame
+        first = np.asarray(gif.convert("RGB"))
+        gif.seek(2)
+        last = np.asarray(gif.convert("RGB"))
+    assert (first != last).any()
+
+
+def test_report_asked_to_animate_runs_without_gifs_says_why(tmp_path, capsys):
+    fake_run(tmp_path, "0_nice_moons", "nice", "moons", job=0)
+    assert main(["--animate", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plots.animate=false" in err
+    assert (tmp_path / "leaderboard.md").is_file()  # the rest of the report is written

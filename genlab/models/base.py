@@ -2,7 +2,9 @@
 
 Every genlab model is a :class:`Model`: a ``torch.nn.Module`` with ``loss``, ``log_prob`` and
 ``sample`` (named as in ``torch.distributions``), and the list of :class:`Stage` it trains in.
-Models that move noise to data along a path also are a :class:`Transport`. The trainer,
+Models that move noise to data along a path also are a :class:`Transport`; models built of
+invertible layers that can show noise pushed through them one layer at a time are
+:class:`Layered`. The trainer,
 metrics, plots and report use only these interfaces, never a model's class or name.
 """
 
@@ -19,6 +21,7 @@ __all__ = [
     "Model",
     "Stage",
     "Transport",
+    "Layered",
     "Prior",
     "StandardNormal",
     "StandardLogistic",
@@ -132,6 +135,23 @@ class Transport:
 
         Returns:
             (points, n, dim), the first entry the noise, the last the samples.
+        """
+        raise NotImplementedError
+
+
+class Layered:
+    """The capability of models that turn noise into data through a stack of invertible layers.
+
+    The figures animate such a model by pushing prior points through its layers one at a time
+    (NICE: the scaling layer's inverse, then each coupling's inverse, last to first).
+    """
+
+    def layer_states(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` prior points and where each layer of the noise-to-data map takes them.
+
+        Returns:
+            (layers + 1, n, dim): the first entry the prior points, then the points after each
+            layer in the order applied, the last exactly ``sample(n, generator)``.
         """
         raise NotImplementedError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from genlab.models.base import Model, check_count, check_points, make_prior
+from genlab.models.base import Layered, Model, check_count, check_points, make_prior
 from genlab.nn import MLP
 
 __all__ = ["AdditiveCoupling", "DiagonalScaling", "NICE"]
@@ -62,7 +62,7 @@ class DiagonalScaling(nn.Module):
         return y * torch.exp(-self.log_scale)
 
 
-class NICE(Model):
+class NICE(Model, Layered):
     """A stack of alternating additive couplings followed by one diagonal scaling layer.
 
     ``forward`` maps data to latent, ``z = S(c_K(...c_1(x)))``; the density is
@@ -107,13 +107,16 @@ class NICE(Model):
             x, _ = layer(x)  # log-det exactly 0
         return self.scaling(x)
 
+    def _inverse_layers(self) -> tuple[nn.Module, ...]:
+        """The layers of the latent-to-data map, in the order it applies their inverses."""
+        return (self.scaling, *reversed(self.couplings))
+
     def inverse(self, z: Tensor) -> Tensor:
         """Latent to data. ``z`` (B, dim) -> ``x`` (B, dim)."""
         check_points(z, self.dim)
-        x = self.scaling.inverse(z)
-        for layer in reversed(self.couplings):
-            x = layer.inverse(x)
-        return x
+        for layer in self._inverse_layers():
+            z = layer.inverse(z)
+        return z
 
     def log_prob(self, x: Tensor) -> Tensor:
         z, log_det = self(x)
@@ -123,7 +126,18 @@ class NICE(Model):
         """Negative mean log-likelihood in nats."""
         return -self.log_prob(x).mean()
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        check_count(n)
+    def _noise(self, n: int, generator: torch.Generator | None) -> Tensor:
         p = self.scaling.log_scale
-        return self.inverse(self.prior.sample(n, generator, device=p.device, dtype=p.dtype))
+        return self.prior.sample(check_count(n), generator, device=p.device, dtype=p.dtype)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.inverse(self._noise(n, generator))
+
+    def layer_states(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` prior points, then the points after the scaling layer's inverse and after
+        each coupling's inverse, last coupling first. Returns (couplings + 2, n, dim); the last
+        entry is exactly ``sample(n, generator)``."""
+        states = [self._noise(n, generator)]
+        for layer in self._inverse_layers():
+            states.append(layer.inverse(states[-1]))
+        return torch.stack(states)
