@@ -51,6 +51,7 @@ def run_cli(run_dir, overrides):
         ("nice", [], COMMON),
         ("cnf", [], COMMON | CONTINUOUS),
         ("rectified_flow", ["model.reflow=1"], COMMON | CONTINUOUS | {"quality_vs_steps.png"}),
+        ("diffusion", [], COMMON | CONTINUOUS | {"quality_vs_steps.png"}),
     ],
 )
 def test_cli_run_writes_every_output(tmp_path, model, extra, files):
@@ -68,10 +69,16 @@ def test_cli_run_writes_every_output(tmp_path, model, extra, files):
     if model == "nice":
         assert "nice_floor" in metrics
     else:
-        assert metrics["nfe"] > 0 and "train_nfe_first" in metrics
+        assert metrics["nfe"] > 0
+        # NFE per training step only where training solves an ODE
+        assert ("train_nfe_first" in metrics) == (model == "cnf")
     if extra:
         assert metrics["steps"] == 6 + 4
-        assert {"round0_straightness", "round1_w2_euler1"} <= set(metrics)
+        assert {"round0_straightness", "round1_w2_euler1", "round1_nfe_euler1"} <= set(metrics)
+    if model == "diffusion":  # quality against steps at the end of the run, with its cost
+        for sampler in ("ancestral", "ddim", "euler"):
+            assert all(metrics[f"nfe_{sampler}{k}"] == k for k in (1, 2, 4, 10, 20, 100, 1000))
+            assert all(metrics[f"w2_{sampler}{k}"] > 0 for k in (1, 10, 1000))
 
 
 def test_cli_rejects_bad_values_with_one_clear_line(tmp_path):
