@@ -14,7 +14,7 @@ from torch import nn
 from genlab.data import get_toy
 from genlab.metrics import quality_vs_steps
 from genlab.models import Diffusion
-from genlab.models.diffusion import COSINE_END, ProbabilityFlow, VPSchedule
+from genlab.models.diffusion import COSINE_END, LOG_SNR_SCALE, ProbabilityFlow, VPSchedule
 from genlab.nn import TimeMLP
 from genlab.ode import Solver
 from genlab.sampling import Sampler
@@ -26,35 +26,33 @@ COV = torch.tensor([[0.6, 0.25], [0.25, 0.4]], dtype=F64)
 
 
 class GaussianNoise(nn.Module):
-    """The exact noise predictor of data N(mu, cov) under ``schedule``, less ``sigma x`` (what
-    the diffusion's network predicts), with its Jacobian."""
+    """The exact noise predictor of data N(mu, cov), less ``sigma x`` (what the diffusion's
+    network predicts), with its Jacobian, as a function of the network's time input, the
+    scaled log-SNR ``c = lambda / 8``: alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda)."""
 
-    def __init__(self, schedule: VPSchedule, mu=MU, cov=COV):
+    def __init__(self, mu=MU, cov=COV):
         super().__init__()
-        self.schedule = schedule
         self.register_buffer("mu", mu)
         self.register_buffer("cov", cov)
         self.dummy = nn.Parameter(torch.zeros((), dtype=F64))  # a device and a dtype
 
-    def forward_with_jacobian(self, t, x):
-        t = torch.as_tensor(t, dtype=x.dtype).reshape(-1)
-        alpha, sigma, _ = self.schedule.coefficients(t)
-        c = alpha[:, None, None] ** 2 * self.cov + sigma[:, None, None] ** 2 * torch.eye(
-            2, dtype=F64
-        )
-        jac = (sigma[:, None, None] * torch.linalg.inv(c)).expand(len(x), 2, 2)
-        e = torch.einsum("bij,bj->bi", jac, x - alpha[:, None] * self.mu)
+    def forward_with_jacobian(self, c, x):
+        lam = 2 * LOG_SNR_SCALE * torch.as_tensor(c, dtype=x.dtype).reshape(-1)
+        alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
         eye = torch.eye(2, dtype=F64)
+        cov_t = alpha[:, None, None] ** 2 * self.cov + sigma[:, None, None] ** 2 * eye
+        jac = (sigma[:, None, None] * torch.linalg.inv(cov_t)).expand(len(x), 2, 2)
+        e = torch.einsum("bij,bj->bi", jac, x - alpha[:, None] * self.mu)
         return e - sigma[:, None] * x + 0 * self.dummy, jac - sigma[:, None, None] * eye
 
-    def forward(self, t, x):
-        return self.forward_with_jacobian(t, x)[0]
+    def forward(self, c, x):
+        return self.forward_with_jacobian(c, x)[0]
 
 
 def gaussian_model(schedule=None, method="dopri5", steps=100):
     schedule = schedule or VPSchedule()
     sampler = Sampler(method, steps=steps, atol=1e-8, rtol=1e-8)
-    return Diffusion(GaussianNoise(schedule), schedule, sampler, TIGHT, ema=0.0)
+    return Diffusion(GaussianNoise(), schedule, sampler, TIGHT, ema=0.0)
 
 
 def pushed_gaussian(schedule: VPSchedule) -> torch.distributions.MultivariateNormal:
@@ -252,7 +250,7 @@ def test_loss_is_the_noise_regression_by_hand():
     torch.manual_seed(0)
     t, e = torch.rand(2, dtype=F64), torch.randn(2, 2, dtype=F64)
     alpha, sigma, _ = schedule.coefficients(t[:, None])
-    assert torch.equal(seen["t"], t)
+    assert torch.allclose(seen["t"], torch.log(alpha / sigma)[:, 0] / LOG_SNR_SCALE, atol=1e-14)
     assert torch.allclose(seen["x"], alpha * x1 + sigma * e, atol=1e-15)
     e_hat = sigma * seen["x"] + 0.5
     assert loss.item() == pytest.approx((e_hat - e).square().sum(-1).mean().item())

@@ -14,16 +14,20 @@ every path, density and figure of :class:`genlab.models.flow.ContinuousFlow` wor
   (``alpha(0) = exp(-(beta_min + beta_max) / 4) = 0.0066``) and 0.9946 for the cosine one
   (``alpha(0) = 0.0084``, where DPM-Solver truncates it). The prior at t=0 is N(0, I), the
   true marginal there up to terms of order ``alpha(0)``.
-- **Network and loss.** The predicted noise is ``e_hat(t, x) = sigma(t) x + network(t, x)``
+- **Network and loss.** The predicted noise is ``e_hat(t, x) = sigma(t) x + network(c(t), x)``
   with a :class:`genlab.nn.TimeMLP`: ``sigma x`` is the exact prediction for N(0, I) data, so
-  the network learns how the data differ from the prior (a skip connection, as the
+  the network learns how the data differ from the prior (a skip connection, as in the
   preconditioning of Karras et al. 2022); a zero network is the prior at every t, and its
-  errors are not amplified where alpha is small. The loss is DDPM's simple one,
+  errors are not amplified where alpha is small. Its time input is the noise level
+  ``c = lambda / 8`` (Karras et al. feed ``log(sigma / alpha) / 4``, the same up to sign),
+  which spreads the low noise levels that the linear schedule crowds into t > 0.9 (on
+  8gaussians at 5,000 steps KL 0.13 against 0.43 with t itself; on moons at 20,000 steps,
+  0.037 against 0.051; without the skip, 0.064). The loss is DDPM's simple one,
   ``E |e_hat(t, x_t) - e|^2`` with ``t ~ U[0, 1]``. EMA weights sample and evaluate.
 - **Probability-flow ODE.** ``v = alpha' x_hat + sigma' e_hat`` with
   ``x_hat = (x - sigma e_hat) / alpha`` simplifies, by ``alpha' = alpha sigma^2 lambda' / 2`` and
   ``sigma' = -sigma alpha^2 lambda' / 2``, to ``v(t, x) = lambda' sigma / 2 * (sigma x - e_hat)
-  = -lambda' sigma / 2 * network(t, x)`` (no division by alpha), and its Jacobian to
+  = -lambda' sigma / 2 * network(c, x)`` (no division by alpha), and its Jacobian to
   ``-lambda' sigma / 2 * d network/dx``: the network's forward-mode Jacobian makes ``div v``
   exact, so ``log_prob`` is exact through :mod:`genlab.ode` like the other continuous models',
   with the same likelihood solver settings, and any ODE solver samples.
@@ -61,6 +65,7 @@ __all__ = ["SCHEDULES", "VPSchedule", "ProbabilityFlow", "Diffusion"]
 
 SCHEDULES = ("linear", "cosine")
 COSINE_END = 0.9946  # the cosine schedule's noise end in diffusion time (alpha = 0.0084)
+LOG_SNR_SCALE = 4.0  # the network's time input is lambda / 8 = log(alpha / sigma) / 4
 
 
 @dataclass(frozen=True)
@@ -133,15 +138,19 @@ class VPSchedule:
 class ProbabilityFlow(nn.Module):
     """The probability-flow velocity of a noise predictor: ``lambda' sigma / 2 (sigma x - e_hat)``.
 
-    The noise predictor is ``e_hat(t, x) = sigma(t) x + network(t, x)``: the network learns the
-    deviation from ``sigma x``, the exact predictor for N(0, I) data, so that
-    ``v = -lambda' sigma / 2 * network(t, x)``. A zero network is the prior at every t (the
-    flow starts as the identity), and the network's error is not amplified at the noise end,
-    where ``x_hat = (x - sigma e_hat) / alpha`` divides by ``alpha(0) < 0.01``.
+    The noise predictor is ``e_hat(t, x) = sigma(t) x + network(c(t), x)``: the network learns
+    the deviation from ``sigma x``, the exact predictor for N(0, I) data, so that
+    ``v = -lambda' sigma / 2 * network(c(t), x)``. Its time input is the noise level,
+    ``c = lambda / 8`` (about -1.3 to 1.2), not t: the linear schedule crowds the low noise
+    levels, where the data's fine structure forms, into the last tenth of t. A zero network is
+    the prior at every t (the flow starts as the identity), and the network's error is not
+    amplified at the noise end, where ``x_hat = (x - sigma e_hat) / alpha`` divides by
+    ``alpha(0) < 0.01``.
 
     Arguments:
-        network: ``network(t, x) -> (B, dim)`` with ``forward_with_jacobian(t, x)`` (its exact
-            Jacobian w.r.t. ``x``, (B, dim, dim)), a :class:`genlab.nn.TimeMLP`.
+        network: ``network(c, x) -> (B, dim)`` with ``forward_with_jacobian(c, x)`` (its exact
+            Jacobian w.r.t. ``x``, (B, dim, dim)), a :class:`genlab.nn.TimeMLP`; ``c`` is the
+            scaled log-SNR, 0-dim or (B,).
         schedule: the path.
     """
 
@@ -151,33 +160,40 @@ class ProbabilityFlow(nn.Module):
         self.schedule = schedule
 
     def _scales(self, t: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``t`` clamped to [0, 1], and ``sigma`` and ``lambda' sigma / 2`` there, shaped
+        """The network's time input, and ``sigma`` and ``lambda' sigma / 2`` at ``t``, shaped
         (1 or B, 1) for ``t`` 0-dim or (B,).
 
         An adaptive solver may try a stage just past an end of [0, 1], where the schedule is
-        undefined; there the field takes its value at the end, which leaves the solution on
-        [0, 1] unchanged.
+        undefined; there the field takes its value at the end (``t`` is clamped to [0, 1]),
+        which leaves the solution on [0, 1] unchanged.
         """
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).clamp(0.0, 1.0)
-        _, sigma, rate = self.schedule.coefficients(t.reshape(-1, 1))
-        return t, sigma, 0.5 * rate * sigma
+        alpha, sigma, rate = self.schedule.coefficients(t.reshape(-1, 1))
+        c = (torch.log(alpha / sigma) / LOG_SNR_SCALE).reshape(t.shape)
+        return c, sigma, 0.5 * rate * sigma
 
     def noise(self, t: Tensor | float, x: Tensor) -> Tensor:
-        """The predicted noise ``e_hat = sigma x + network(t, x)`` at ``t`` (float, 0-dim or
+        """The predicted noise ``e_hat = sigma x + network(c, x)`` at ``t`` (float, 0-dim or
         (B,)) and points ``x`` (B, dim); (B, dim)."""
-        t, sigma, _ = self._scales(t, x)
-        return sigma * x + self.network(t, x)
+        c, sigma, _ = self._scales(t, x)
+        return sigma * x + self.network(c, x)
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
         """The velocity at time ``t`` (float, 0-dim or (B,)) and points ``x`` (B, dim); (B, dim)."""
-        t, _, k = self._scales(t, x)
-        return -k * self.network(t, x)
+        c, _, k = self._scales(t, x)
+        return -k * self.network(c, x)
+
+    def velocity_and_score(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The velocity and the score ``-e_hat / sigma`` at ``t``; one network evaluation."""
+        c, sigma, k = self._scales(t, x)
+        out = self.network(c, x)
+        return -k * out, -x - out / sigma
 
     def forward_with_jacobian(self, t: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(v, J)``: the velocity (B, dim) and its Jacobian ``J[b, i, j] = dv_i/dx_j``
         (B, dim, dim), from the network's exact forward-mode Jacobian."""
-        t, _, k = self._scales(t, x)
-        out, jac = self.network.forward_with_jacobian(t, x)
+        c, _, k = self._scales(t, x)
+        out, jac = self.network.forward_with_jacobian(c, x)
         return -k * out, -k[..., None] * jac
 
 
@@ -226,12 +242,10 @@ class Diffusion(ContinuousFlow):
         return (e_hat - noise).square().sum(-1).mean()
 
     def velocity_and_score(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The probability-flow velocity and the score ``-e_hat / sigma`` at time ``t``; one
-        network evaluation."""
+        """The probability-flow velocity and the score ``-e_hat / sigma`` at time ``t``, each
+        (B, dim); one network evaluation."""
         self.counter.count += 1
-        _, sigma, rate = self.schedule.coefficients(t)
-        out = self.field.network(t, x)
-        return -0.5 * rate * sigma * out, -x - out / sigma
+        return self.field.velocity_and_score(t, x)
 
     def sample_with(self, z: Tensor, sampler: Sampler, generator: torch.Generator | None) -> Tensor:
         """``ancestral``, ``ddim`` or ``sde`` from noise ``z`` (B, dim) in ``sampler.steps``."""
