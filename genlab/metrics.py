@@ -118,13 +118,19 @@ def quality_vs_steps(
         ``nfe_euler1``, ...): the NFE are the model's velocity (or network) evaluations per
         sample, counted, not assumed (``k`` for Euler, ``4k`` for rk4); without an NFE count
         (``model.nfe`` is ``None``) only W2. ``{}`` for a model that is not a Transport.
+
+    Every sampler at every step count starts from the same state of ``generator`` (the same
+    noise), so differences along a curve are the sampler's, not those of another draw.
     """
     if not isinstance(model, Transport):
         return {}
     data = toy.sample(n, generator).to(model.device)
+    start = None if generator is None else generator.get_state()
     out = {}
     for name, keywords in model.few_step_samplers.items():
         for k in steps:
+            if start is not None:  # common random numbers: the curves show the steps, not draws
+                generator.set_state(start)
             nfe0 = model.nfe
             xs = model.sample(n, generator, steps=k, **keywords)
             out[f"w2_{name}{k}"] = wasserstein2(xs, data)

@@ -229,11 +229,11 @@ def plot_quality_vs_nfe(
     Arguments:
         panels: ``{data: (curves, floor)}`` with ``curves`` as ``{label: {nfe: W2}}``.
     """
-    fig, axes = _figure(len(panels), panel=4.6, extra_width=2.6)
+    fig, axes = _figure(len(panels), panel=4.6, extra_height=1.0)
     for ax, (data, (curves, floor)) in zip(axes, panels.items(), strict=True):
         _quality_axes(ax, curves, floor, "NFE (network evaluations per sample)", legend=False)
         ax.set_title(data)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
     fig.suptitle(title)
     _save(fig, path)
