@@ -2,9 +2,11 @@
 
 Trains each model on each data set through ``genlab.train.train`` (the same code path as the
 ``genlab`` command) and prints KL +- SE, W2 / floor, training seconds, sampling seconds for
-10,000 samples and NFE as a Markdown table. Run it on an otherwise idle machine:
+10,000 samples, NFE and, for models scored against sampling steps at the end of a run
+(diffusion), each few-step sampler's W2 at 10 steps, as a Markdown table. Run it on an otherwise
+idle machine:
 
-    python benchmarks/run.py                       # the three models on four toys
+    python benchmarks/run.py                       # the four models on four toys
     python benchmarks/run.py --models nice --data moons --repeats 3
     python benchmarks/run.py model.depth=3 --models nice --data 2spirals   # overrides first
 """
@@ -12,6 +14,7 @@ Trains each model on each data set through ``genlab.train.train`` (the same code
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,7 +25,9 @@ from genlab.data import TOYS
 from genlab.train import train
 
 DATA = ("8gaussians", "moons", "checkerboard", "2spirals")
-MODELS = ("nice", "cnf", "rectified_flow")
+MODELS = ("nice", "cnf", "rectified_flow", "diffusion")
+FEW_STEPS = 10  # the step count of the few-step column
+FEW_KEY = re.compile(rf"w2_([a-z_]+){FEW_STEPS}")  # w2_ddim10: DDIM's W2 at 10 steps
 
 
 def run_one(model: str, data: str, seed: int, extra: list[str]) -> dict:
@@ -62,6 +67,7 @@ def main() -> None:
         "steps/s",
         "sample s (10k)",
         "NFE",
+        f"W2 at {FEW_STEPS} steps",
     )
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -82,11 +88,16 @@ def main() -> None:
                 )
             }
             nfe = runs[0].get("nfe", "")
+            few = ", ".join(
+                f"{m.group(1)} {statistics.median(r[m.group(0)] for r in runs):.2f}"
+                for m in map(FEW_KEY.fullmatch, runs[0])
+                if m
+            )
             print(
                 f"| {model} | {data} | {runs[0]['steps']} | {med['nll']:.3f}"
                 f" | {med['kl']:.3f} ± {med['kl_se']:.3f}"
                 f" | {med['w2']:.2f} / {med['w2_floor']:.2f} | {med['train_seconds']:.0f}"
-                f" | {med['steps_per_second']:.1f} | {med['sample_seconds']:.2f} | {nfe} |",
+                f" | {med['steps_per_second']:.1f} | {med['sample_seconds']:.2f} | {nfe} | {few} |",
                 flush=True,
             )
 

@@ -3,18 +3,19 @@
 Every model gets ``samples.png``, ``density.png`` (truth | model | log ratio) and
 ``samples.npz`` (the arrays the sweep gallery draws). A :class:`genlab.models.base.Transport`
 also gets ``trajectories.png`` (one panel per stage of a multi-stage model) and
-``density_t.png`` (p_t along the path). Per-stage scores of W2 against sampling steps give
-``quality_vs_steps.png``. Every model with a path from noise to data gets ``flow.gif``: the
-points of a :class:`Transport` moving from t=0 to t=1 over p_t, those of a
-:class:`genlab.models.base.Layered` model pushed through its layers one at a time, and the
-rounds of a multi-stage model side by side. The drawing itself is in :mod:`genlab.plots`.
+``density_t.png`` (p_t along the path). Scores of W2 against sampling steps, per stage of a
+multi-stage model or at the end of the run, give ``quality_vs_steps.png``. Every model with a
+path from noise to data gets ``flow.gif``: the points of a :class:`Transport` moving from
+t=0 to t=1 over p_t, those of a :class:`genlab.models.base.Layered` model pushed through its
+layers one at a time, and the rounds of a multi-stage model side by side. The drawing itself
+is in :mod:`genlab.plots`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,13 +70,21 @@ class RunFigures:
         )
         self.model.train()
 
-    def final(self, steps: int, records: Sequence[dict], w2_floor: float) -> None:
+    def final(
+        self,
+        steps: int,
+        records: Sequence[dict],
+        w2_floor: float,
+        scores: Mapping[str, float] | None = None,
+    ) -> None:
         """Every figure of the trained model.
 
         Arguments:
             steps: optimiser steps in all, for the titles.
             records: per-stage records of a multi-stage model (``report`` and ``paths``).
             w2_floor: the data's own W2 noise floor, drawn on the quality figure.
+            scores: the run's metrics; their ``w2_<sampler><k>`` (end-of-run quality against
+                steps) are drawn beside the per-stage ones.
         """
         model, bound, title = self.model, self.toy.bound, f"{self.title}, step {steps}"
         xs = self._samples()
@@ -91,7 +100,7 @@ class RunFigures:
             self._transport(title, records, dtype)
         if self.animate:
             self._animate(title, records, dtype)
-        curves = quality_curves(records)
+        curves = quality_curves(records, scores)
         if curves:
             plots.plot_quality_vs_steps(
                 curves,
@@ -151,10 +160,14 @@ class RunFigures:
         return plots.grid_log_density(log_prob, self.toy.bound, n, self.model.device, dtype)
 
 
-def quality_curves(records: Sequence[dict]) -> dict[str, dict[int, float]]:
-    """``{label: {steps: W2}}`` from the ``w2_<sampler><k>`` entries of per-stage reports.
+def quality_curves(
+    records: Sequence[dict], scores: Mapping[str, float] | None = None
+) -> dict[str, dict[int, float]]:
+    """``{label: {steps: W2}}`` from the ``w2_<sampler><k>`` entries of per-stage reports and
+    of the end-of-run ``scores``.
 
-    A label is the stage (``round k``), with the sampler's name when a model has several.
+    A per-stage label is the stage (``round k``), with the sampler's name when a model has
+    several; an end-of-run label is the sampler's name.
     """
     curves: dict[str, dict[int, float]] = {}
     samplers = {m.group(1) for r in records for key in r["report"] if (m := W2_KEY.match(key))}
@@ -163,4 +176,7 @@ def quality_curves(records: Sequence[dict]) -> dict[str, dict[int, float]]:
             if m := W2_KEY.match(key):
                 label = f"round {k}" if len(samplers) == 1 else f"{m.group(1)}, round {k}"
                 curves.setdefault(label, {})[int(m.group(2))] = value
+    for key, value in (scores or {}).items():
+        if m := W2_KEY.match(key):
+            curves.setdefault(m.group(1), {})[int(m.group(2))] = value
     return curves

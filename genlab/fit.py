@@ -197,7 +197,10 @@ class Fit:
         gen = torch.Generator(self.model.device).manual_seed(self.eval_seed)
         data = self.stage_data if stage.make_data is not None else None
         report = metrics.stage_report(self.model, stage, self.toy, gen, self.n_report, data)
-        log.info("stage %d: %s", k, ", ".join(f"{key} {v:.4f}" for key, v in report.items()))
+        shown = ", ".join(
+            f"{key} {v:.4f}" if isinstance(v, float) else f"{key} {v}" for key, v in report.items()
+        )
+        log.info("stage %d: %s", k, shown)
         paths = None
         if isinstance(self.model, Transport):
             paths = self.model.trajectories(TRAJECTORY_PATHS, gen).cpu()

@@ -7,7 +7,8 @@
   the same distance between two independent data draws of the same size.
 - The floor: a model whose Jacobian determinant is constant (NICE) cannot get below a
   per-data-set KL; it is reported beside its KL as ``nice_floor``.
-- Quality against steps: W2 after k steps of each few-step sampler of a :class:`Transport`.
+- Quality against steps: W2 after k steps of each few-step sampler of a :class:`Transport`,
+  beside the velocity evaluations (NFE) per sample that those k steps cost.
 - Cost: sampling seconds, NFE per sample (velocity evaluations of the batched solve), peak
   memory.
 
@@ -108,20 +109,33 @@ def kl_floor(model: Model, toy) -> dict[str, float]:
 def quality_vs_steps(
     model: Model, toy, generator=None, n: int = 2_000, steps: tuple[int, ...] = QUALITY_STEPS
 ) -> dict[str, float]:
-    """W2 to ``n`` fresh data points after ``k`` steps of each few-step sampler of ``model``.
+    """W2 to ``n`` fresh data points after ``k`` steps of each few-step sampler of ``model``,
+    and what those steps cost.
 
     Returns:
-        ``{"w2_<sampler><k>": W2}`` for every sampler in ``model.few_step_samplers`` and every
-        ``k`` in ``steps`` (``w2_euler1``, ...); ``{}`` for a model that is not a Transport.
+        ``{"w2_<sampler><k>": W2, "nfe_<sampler><k>": NFE}`` for every sampler in
+        ``model.few_step_samplers`` and every ``k`` in ``steps`` (``w2_euler1``,
+        ``nfe_euler1``, ...): the NFE are the model's velocity (or network) evaluations per
+        sample, counted, not assumed (``k`` for Euler, ``4k`` for rk4); without an NFE count
+        (``model.nfe`` is ``None``) only W2. ``{}`` for a model that is not a Transport.
+
+    Every sampler at every step count starts from the same state of ``generator`` (the same
+    noise), so differences along a curve are the sampler's, not those of another draw.
     """
     if not isinstance(model, Transport):
         return {}
     data = toy.sample(n, generator).to(model.device)
+    start = None if generator is None else generator.get_state()
     out = {}
     for name, keywords in model.few_step_samplers.items():
         for k in steps:
+            if start is not None:  # common random numbers: the curves show the steps, not draws
+                generator.set_state(start)
+            nfe0 = model.nfe
             xs = model.sample(n, generator, steps=k, **keywords)
             out[f"w2_{name}{k}"] = wasserstein2(xs, data)
+            if nfe0 is not None:
+                out[f"nfe_{name}{k}"] = model.nfe - nfe0
     return out
 
 
@@ -170,7 +184,10 @@ def evaluate(
     """The whole yardstick for one model; every random draw comes from ``seed``.
 
     Returns a flat dict: ``nll, test_entropy, entropy, kl, kl_se, w2, w2_floor,
-    sample_seconds``, for ODE models ``nfe``, and for constant-Jacobian models ``nice_floor``.
+    sample_seconds``, for ODE models ``nfe``, for constant-Jacobian models ``nice_floor``, and
+    for a :class:`Transport` with ``quality_steps`` the ``w2_<sampler><k>`` and
+    ``nfe_<sampler><k>`` of :func:`quality_vs_steps` at those steps (drawn last, so the
+    other figures do not depend on them).
     """
     model.eval()
     device = model.device
@@ -183,4 +200,6 @@ def evaluate(
     out["w2_floor"] = wasserstein2(toy.sample(n_w2, gen), toy.sample(n_w2, gen))
     out.update(sampling_cost(model, n_timing, gen))
     out.update(kl_floor(model, toy))
+    if isinstance(model, Transport) and model.quality_steps:
+        out.update(quality_vs_steps(model, toy, gen, n_w2, model.quality_steps))
     return out

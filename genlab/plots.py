@@ -1,5 +1,6 @@
-"""Figures: samples, density against the truth, trajectories, density snapshots, quality vs steps,
-and the flow animation (matplotlib's animation API, written as a GIF by its Pillow writer).
+"""Figures: samples, density against the truth, trajectories, density snapshots, quality vs steps
+or NFE, and the flow animation (matplotlib's animation API, written as a GIF by its Pillow
+writer).
 
 Headless (Agg). Every 2D panel has equal aspect and axis labels; every figure is titled with
 model, data and step. Every figure is laid out by constrained layout, sized so that its square
@@ -22,6 +23,7 @@ from matplotlib.animation import PillowWriter  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedFormatter, FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 __all__ = [
     "grid_points",
@@ -35,6 +37,7 @@ __all__ = [
     "Panel",
     "resample",
     "animate_flow",
+    "plot_quality_vs_nfe",
 ]
 
 GRID = 200  # points per side of density grids
@@ -194,21 +197,56 @@ def plot_density_snapshots(log_densities: Mapping[float, np.ndarray], bound: flo
     _save(fig, path)
 
 
+def _quality_axes(
+    ax, curves: Mapping[str, Mapping[int, float]], floor: float, xlabel: str, legend: bool = True
+) -> None:
+    """W2 curves on log-log axes whose x ticks are the counts drawn, labelled as integers."""
+    for label, curve in curves.items():
+        xs = sorted(curve)
+        ax.plot(xs, [curve[x] for x in xs], marker="o", markersize=4, label=label)
+    ax.axhline(floor, color="0.4", linestyle="--", label="W2 floor (data vs data)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = sorted({x for curve in curves.values() for x in curve})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FixedFormatter([str(x) for x in ticks]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.2, not 2 x 10^-1
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("W2 to data")
+    ax.grid(alpha=0.3, which="both")
+    if legend:
+        ax.legend(fontsize="small")
+
+
 def plot_quality_vs_steps(
     curves: Mapping[str, Mapping[int, float]], floor: float, title: str, path
 ) -> None:
-    """W2 against the number of Euler steps, one curve per label (e.g. reflow round)."""
+    """W2 against the number of sampling steps, one curve per label (a sampler, or a stage of
+    a multi-stage model), with the data's own W2 floor."""
     fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
-    for label, curve in curves.items():
-        steps = sorted(curve)
-        ax.plot(steps, [curve[s] for s in steps], marker="o", label=label)
-    ax.axhline(floor, color="0.4", linestyle="--", label="W2 floor (data vs data)")
-    ax.set_xscale("log")
-    ax.set_xlabel("Euler steps")
-    ax.set_ylabel("W2 to data")
+    _quality_axes(ax, curves, floor, "sampling steps")
     ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    _save(fig, path)
+
+
+def plot_quality_vs_nfe(
+    panels: Mapping[str, tuple[Mapping[str, Mapping[int, float]], float]], title: str, path
+) -> None:
+    """W2 against velocity evaluations per sample (NFE), one panel per data set.
+
+    Arguments:
+        panels: ``{data: (curves, floor)}`` with ``curves`` as ``{label: {nfe: W2}}``.
+    """
+    fig, axes = _figure(len(panels), panel=4.6, extra_height=1.0)
+    for ax, (data, (curves, floor)) in zip(axes, panels.items(), strict=True):
+        _quality_axes(ax, curves, floor, "NFE (network evaluations per sample)", legend=False)
+        ax.set_title(data)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
+    fig.suptitle(title)
     _save(fig, path)
 
 

@@ -1,8 +1,11 @@
 """``genlab-report <sweep dir>``: a leaderboard and a gallery from every run's outputs.
 
 Reads each run's ``metrics.json`` (and ``samples.npz`` for the gallery) below the sweep dir and
-writes ``leaderboard.md``, ``leaderboard.csv`` and ``gallery.png`` into it; with ``--animate``
-also ``gallery.gif``, the runs' ``flow.gif`` tiled as the gallery is. A run whose files are
+writes ``leaderboard.md``, ``leaderboard.csv`` and ``gallery.png`` into it (with ``--animate``
+also ``gallery.gif``, the runs' ``flow.gif`` tiled as the gallery is), and, when runs
+scored few-step samplers (``w2_<sampler><k>`` beside ``nfe_<sampler><k>``, also per stage as
+``round<r>_...``), ``quality_vs_nfe.png``: W2 against NFE for every sampler of every run, one
+panel per data set, with the W2 floor. A run whose files are
 missing or corrupt is named with the reason and left out; the others are still reported. Data
 sets and models appear in the order the sweep was given (see :func:`sweep_order`). Hydra sweeps
 call it at the end through :class:`SweepReport`.
@@ -17,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -29,11 +33,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageSequence
 
+from genlab import plots
 from genlab.data import get_toy
+from genlab.ode import SOLVERS
 from genlab.plots import FPS, GIF_DPI
 from genlab.runs import ERROR_FILE
 
-__all__ = ["collect", "sweep_order", "write_report", "animate_gallery", "SweepReport", "main"]
+__all__ = [
+    "collect",
+    "sweep_order",
+    "quality_points",
+    "write_report",
+    "animate_gallery",
+    "SweepReport",
+    "main",
+]
 
 log = logging.getLogger("genlab")
 
@@ -280,9 +294,47 @@ def animate_gallery(root: Path, runs: list[dict], path: Path) -> None:
             writer.grab_frame()
 
 
+QUALITY_KEY = re.compile(r"(?:round(\d+)_)?w2_([a-z_]+?)(\d+)")  # round1_w2_euler10
+
+
+def quality_points(run: dict) -> dict[str, dict[float, float]]:
+    """``{label: {NFE: W2}}`` from one run's few-step scores.
+
+    ``w2_<sampler><k>`` with its ``nfe_<sampler><k>`` gives the curve ``<model>, <sampler>``;
+    per-stage scores ``round<r>_w2_<sampler><k>`` give ``<model> round <r>, <sampler>``. An ODE
+    solver's name is marked ``(ODE)``. Scores without a recorded NFE are left out: the cost of
+    a step is counted by the run, never assumed here.
+    """
+    curves: dict[str, dict[float, float]] = {}
+    for key, w2 in run.items():
+        m = QUALITY_KEY.fullmatch(key)
+        nfe = run.get(key.replace("w2_", "nfe_", 1)) if m else None
+        if not isinstance(nfe, int | float) or not isinstance(w2, int | float):
+            continue
+        stage, sampler = m.group(1), m.group(2)
+        label = run["model"] if stage is None else f"{run['model']} round {stage}"
+        label += f", {sampler}" + (" (ODE)" if sampler in SOLVERS else "")
+        curves.setdefault(label, {})[nfe] = w2
+    return curves
+
+
+def quality_panels(runs: list[dict]) -> dict[str, tuple[dict, float]]:
+    """``{data: (curves, floor)}`` for each data set whose runs hold few-step scores, in sweep
+    order; the floor is the mean ``w2_floor`` of those runs."""
+    panels = {}
+    for data in sweep_order(runs, "data"):
+        here = [m for m in runs if m["data"] == data]
+        curves = {label: c for m in here for label, c in quality_points(m).items()}
+        floors = [m["w2_floor"] for m in here if isinstance(m.get("w2_floor"), int | float)]
+        if curves and floors:
+            panels[data] = (curves, sum(floors) / len(floors))
+    return panels
+
+
 def write_report(sweep_dir: str | Path, animate: bool = False) -> list[dict]:
-    """Write ``leaderboard.md``, ``leaderboard.csv`` and ``gallery.png`` into ``sweep_dir``,
-    and ``gallery.gif`` if ``animate`` (see :func:`animate_gallery`).
+    """Write ``leaderboard.md``, ``leaderboard.csv``, ``gallery.png`` and, when runs scored
+    few-step samplers, ``quality_vs_nfe.png`` into ``sweep_dir``; with ``animate`` also
+    ``gallery.gif`` (see :func:`animate_gallery`).
 
     Raises ``FileNotFoundError`` if the dir is missing and ``ValueError`` if it is a single run
     or holds no readable run (or, with ``animate``, no ``flow.gif``); unreadable runs are
@@ -314,6 +366,10 @@ def write_report(sweep_dir: str | Path, animate: bool = False) -> list[dict]:
     draw_gallery(root, runs).savefig(root / "gallery.png", dpi=100)
     if animate:
         animate_gallery(root, runs, root / "gallery.gif")
+    panels = quality_panels(runs)
+    if panels:
+        title = f"W2 against NFE: {root.name}"
+        plots.plot_quality_vs_nfe(panels, title, root / "quality_vs_nfe.png")
     log.info("report of %d run%s written to %s", len(runs), "" if len(runs) == 1 else "s", root)
     return runs
 

@@ -29,7 +29,9 @@ from torch import nn
 from genlab.data import Toy
 from genlab.errors import CheckpointError, RunDirError
 from genlab.models.base import Model
+from genlab.models.diffusion import VPSchedule
 from genlab.ode import Solver
+from genlab.sampling import Sampler
 
 __all__ = [
     "CHECKPOINT",
@@ -54,7 +56,7 @@ RUN_KEYS = ("model", "config")  # what load_run needs
 RESUME_KEYS = ("model", "config", "stage", "trainer", "rng", "stage_data", "records")
 
 #: What a checkpoint's config may build without trust: genlab classes derived from these.
-BUILDABLE = (nn.Module, Solver, Toy)
+BUILDABLE = (nn.Module, Solver, Sampler, VPSchedule, Toy)
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _PLAIN = (str, int, float, bool, type(None))
 # Keys Hydra's instantiate reads besides _target_. None runs code by itself: _args_ holds
@@ -161,7 +163,9 @@ def _check_target(target: object, where: str, path: Path, trusted: tuple[str, ..
 
     if not isinstance(target, str) or not _DOTTED.fullmatch(target):
         raise refuse("a _target_ is the dotted name of a class")
-    own = "a checkpoint builds only genlab's own classes (models, solvers, toys)"
+    own = (
+        "a checkpoint builds only genlab's own classes (models, solvers, samplers, schedules, toys)"
+    )
     is_trusted = any(_within(target, t) for t in trusted)
     if not is_trusted and not _within(target, "genlab"):
         top = target.split(".")[0]

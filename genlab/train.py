@@ -190,7 +190,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
                 model, toy, seed=e.seed, n_test=e.n_test, n_w2=e.n_w2, n_timing=e.n_timing
             )
         )
-        figures.final(out["steps"], fit.records, out["w2_floor"])
+        figures.final(out["steps"], fit.records, out["w2_floor"], out)
         out["peak_memory_mb"] = metrics.peak_memory_mb(device)
         (run_dir / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
         run_log.finish(out)

@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-MODELS = ("nice", "cnf", "rectified_flow")
+MODELS = ("nice", "cnf", "rectified_flow", "diffusion")
 DATASETS = (
     "8gaussians",
     "moons",
@@ -49,6 +49,12 @@ TINY_MODEL = {
         "model.likelihood.rtol=1e-4",
         "model.reflow_pairs=256",
         "model.reflow_steps=4",
+    ],
+    "diffusion": [
+        "model.network.hidden=16",
+        "model.network.depth=1",
+        "model.likelihood.atol=1e-4",
+        "model.likelihood.rtol=1e-4",
     ],
 }
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from PIL import Image
 import genlab
 from genlab.plots import FRAMES
 from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COMMON = {
     "model.pt",
@@ -55,6 +58,7 @@ def run_cli(run_dir, overrides):
         ("nice", [], COMMON),
         ("cnf", [], COMMON | CONTINUOUS),
         ("rectified_flow", ["model.reflow=1"], COMMON | CONTINUOUS | {"quality_vs_steps.png"}),
+        ("diffusion", [], COMMON | CONTINUOUS | {"quality_vs_steps.png"}),
     ],
 )
 def test_cli_run_writes_every_output(tmp_path, model, extra, files):
@@ -77,10 +81,15 @@ def test_cli_run_writes_every_output(tmp_path, model, extra, files):
         assert "nice_floor" in metrics
     else:
         assert metrics["nfe"] > 0
-        assert ("train_nfe_first" in metrics) == (model == "cnf")  # training solves an ODE
+        # NFE per training step only where training solves an ODE
+        assert ("train_nfe_first" in metrics) == (model == "cnf")
     if extra:
         assert metrics["steps"] == 6 + 4
-        assert {"round0_straightness", "round1_w2_euler1"} <= set(metrics)
+        assert {"round0_straightness", "round1_w2_euler1", "round1_nfe_euler1"} <= set(metrics)
+    if model == "diffusion":  # quality against steps at the end of the run, with its cost
+        for sampler in ("ancestral", "ddim", "euler"):
+            assert all(metrics[f"nfe_{sampler}{k}"] == k for k in (1, 2, 4, 10, 20, 100, 1000))
+            assert all(metrics[f"w2_{sampler}{k}"] > 0 for k in (1, 10, 1000))
 
 
 def test_cli_rejects_bad_values_with_one_clear_line(tmp_path):
@@ -134,10 +143,9 @@ def test_help_teaches_the_command_line_before_the_config(compose_cfg, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     text = done.stdout
     assert text.startswith("genlab: a small, exact, fast lab for flows")
-    budgets = {
-        m: compose_cfg([f"model={m}"]).train.steps for m in ("nice", "cnf", "rectified_flow")
-    }
-    assert budgets == {"nice": 5000, "cnf": 1000, "rectified_flow": 20000}
+    models = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
+    budgets = {m: compose_cfg([f"model={m}"]).train.steps for m in models}
+    assert budgets["nice"] == 5000 and budgets["cnf"] == 1000
     stated = ", ".join(f"{m} {budgets[m]:,}" for m in sorted(budgets))
     assert f"training budget (train.steps): {stated}." in text
     examples = text.index("== Examples ==")
@@ -145,7 +153,7 @@ def test_help_teaches_the_command_line_before_the_config(compose_cfg, tmp_path):
     assert examples < groups < text.index("== Config (")
     for example in ("genlab model=cnf data=8gaussians", "genlab -m model=nice,cnf,rectified_flow"):
         assert examples < text.index(example) < groups
-    assert "\nmodel: cnf, nice, rectified_flow\n" in text
+    assert f"\nmodel: {', '.join(models)}\n" in text
     assert "\ndata: 2spirals, 8gaussians, checkerboard, circles, moons, pinwheel, rings," in text
     assert "\nlogger: mlflow, none, tensorboard\n" in text
     assert os.listdir(tmp_path) == []

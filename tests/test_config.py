@@ -66,7 +66,28 @@ def test_compare_experiment_sweeps_everything_on_a_time_budget():
     assert params.data.split(",") == list(DATASETS)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.plots.animate is False  # no flow.gif: every second goes to training
-    assert cfg.train.max_seconds * len(MODELS) * len(DATASETS) / cfg.hydra.launcher.n_jobs < 900
+    # every model gets the same minute; with four models the sweep trains for 16 minutes
+    assert cfg.train.max_seconds * len(MODELS) * len(DATASETS) / cfg.hydra.launcher.n_jobs < 1000
+
+
+def test_story_experiment_sweeps_diffusion_and_the_rectified_flow_with_reflow():
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="genlab.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=story"], return_hydra_config=True)
+        assert cfg.hydra.mode.name == "MULTIRUN"
+        roles = cfg.hydra.sweeper.params["+story"].split(",")
+        jobs = {
+            role: compose("config", overrides=["experiment=story", f"+story={role}"])
+            for role in roles
+        }
+    GlobalHydra.instance().clear()
+    assert roles == ["diffusion", "rectified_flow"]
+    assert jobs["diffusion"].model._target_.endswith("Diffusion")
+    assert jobs["rectified_flow"].model.reflow == 1
+    assert {c.data._target_ for c in jobs.values()} == {"genlab.data.EightGaussians"}
 
 
 def test_mistyped_key_is_an_error(compose_cfg):

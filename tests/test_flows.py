@@ -9,6 +9,7 @@ from torch import nn
 from genlab.models import CNF, RectifiedFlow
 from genlab.nn import TimeMLP
 from genlab.ode import Solver
+from genlab.sampling import Sampler
 
 TIGHT = Solver("dopri5", atol=1e-9, rtol=1e-9)
 
@@ -75,6 +76,37 @@ def test_exact_gaussian_velocity_gives_the_exact_log_density():
     x = m + s * torch.randn(50, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     exact = torch.distributions.Normal(m, s).log_prob(x).sum(-1)
     assert torch.allclose(model.log_prob(x).detach(), exact, atol=1e-4, rtol=0)
+
+
+def test_the_score_from_the_velocity_is_the_gaussians_score():
+    """x_t ~ N(t m, ((1 - t)^2 + t^2 s^2) I), so its score is -(x - t m) / var(t)."""
+    model, m, s = gaussian_flow()
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for t in (0.0, 0.3, 0.9):
+        tt = torch.tensor(t, dtype=torch.float64)
+        v, score = model.velocity_and_score(tt, x)
+        var = (1 - t) ** 2 + t**2 * s**2
+        assert torch.allclose(v, model.field(tt, x), atol=1e-14)
+        assert torch.allclose(score, -(x - t * m) / var, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise", [0.5, 2.0])
+def test_the_sde_sampler_keeps_the_gaussians_marginals(noise):
+    model, m, s = gaussian_flow()
+    n = 20_000
+    x = model.sample(n, torch.Generator().manual_seed(4), method="sde", steps=500, noise=noise)
+    assert torch.allclose(x.mean(0), m, atol=5 * s / math.sqrt(n))
+    var_se = s**2 * math.sqrt(2 / n)
+    assert torch.allclose(x.var(0), torch.full((2,), s**2, dtype=x.dtype), atol=5 * var_se)
+
+
+def test_the_sde_without_noise_is_euler():
+    torch.manual_seed(0)
+    model = RectifiedFlow(TimeMLP(2, 16, 2, "silu").double(), Solver(), Solver(), ema=0.0)
+    with torch.no_grad():
+        sde = model.sample(9, torch.Generator().manual_seed(2), method="sde", steps=7, noise=0.0)
+        euler = model.sample(9, torch.Generator().manual_seed(2), method="euler", steps=7)
+    assert torch.allclose(sde, euler, atol=1e-12)
 
 
 def test_one_euler_step_is_x0_plus_v():
@@ -171,6 +203,10 @@ def test_bad_input():
         CNF(v, Solver(), Solver(), Solver(), divergence="trace")
     with pytest.raises(ValueError, match="unknown solver 'eulr'"):
         Solver("eulr")
+    with pytest.raises(ValueError, match="unknown sampler 'sde' for cnf; choose one of: dopri5"):
+        CNF(v, Solver(), Solver(), Solver()).sample(3, method="sde")
+    with pytest.raises(ValueError, match="unknown sampler 'ddim' for rectified_flow; choose one"):
+        RectifiedFlow(v, Sampler("ddim"), Solver())
     with pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got 2"):
         CNF(v, Solver(), Solver(), Solver()).log_prob(torch.zeros(2, 2), t=2)
 

@@ -63,6 +63,21 @@ DRAW = {
         TITLE,
         path,
     ),
+    "quality_vs_nfe": lambda path: plots.plot_quality_vs_nfe(
+        {
+            data: (
+                {
+                    "diffusion, ancestral": {1: 2.0, 10: 0.5, 1000: 0.2},
+                    "diffusion, ddim": {1: 2.1, 10: 0.4, 1000: 0.2},
+                    "rectified_flow round 1, euler (ODE)": {1: 0.4, 10: 0.25, 100: 0.2},
+                },
+                0.15,
+            )
+            for data in ("moons", "8gaussians")
+        },
+        TITLE,
+        path,
+    ),
 }
 
 
@@ -97,6 +112,17 @@ def test_every_artist_inside_canvas(name, tmp_path, drawn):
     assert max(box.x0, box.y0, w - box.x1, h - box.y1) <= MARGIN, (box, w, h)
     texts = [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]
     assert any(TITLE in t for t in texts)
+
+
+def test_quality_axes_tick_every_step_count(tmp_path, drawn):
+    curves = {"ddim": {1: 2.0, 2: 1.0, 4: 0.6, 10: 0.3, 20: 0.2, 100: 0.15, 1000: 0.14}}
+    plots.plot_quality_vs_steps(curves, 0.13, TITLE, tmp_path / "q.png")
+    (fig,) = drawn
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "sampling steps"
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(k) for k in curves["ddim"]]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["ddim", "W2 floor (data vs data)"]
 
 
 def test_density_ratio_masks_and_explains_negligible_cells(tmp_path, drawn):

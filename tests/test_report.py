@@ -13,7 +13,14 @@ from PIL import Image
 from genlab.data import get_toy
 from genlab.metrics import kl_to_truth, wasserstein2
 from genlab.models.base import Model
-from genlab.report import collect, draw_gallery, leaderboard_markdown, main, write_report
+from genlab.report import (
+    collect,
+    draw_gallery,
+    leaderboard_markdown,
+    main,
+    quality_points,
+    write_report,
+)
 from tests.conftest import tiny_overrides
 
 
@@ -90,6 +97,29 @@ def test_report_keeps_good_runs_and_names_the_bad(tmp_path, capsys):
     assert "| moons | cnf |" in board
     assert (tmp_path / "leaderboard.csv").read_text().count("\n") == 3
     assert (tmp_path / "gallery.png").stat().st_size > 0
+
+
+def test_report_draws_w2_against_the_nfe_each_run_recorded(tmp_path):
+    scores = {"w2_ddim1": 2.0, "nfe_ddim1": 1, "w2_ddim10": 0.4, "nfe_ddim10": 10}
+    fake_run(tmp_path, "0", "diffusion", "moons", job=0, **scores, w2_euler3=0.5)
+    flow = {"round0_w2_midpoint1": 0.9, "round0_nfe_midpoint1": 2, "round1_w2_midpoint1": 0.3}
+    fake_run(tmp_path, "1", "rectified_flow", "moons", job=1, **flow, round1_nfe_midpoint1=2)
+    fake_run(tmp_path, "2", "nice", "moons", job=2)
+    runs, _ = collect(tmp_path)
+    assert quality_points(runs[0]) == {"diffusion, ddim": {1: 2.0, 10: 0.4}}  # w2_euler3: no NFE
+    assert quality_points(runs[1]) == {
+        "rectified_flow round 0, midpoint (ODE)": {2: 0.9},
+        "rectified_flow round 1, midpoint (ODE)": {2: 0.3},
+    }
+    assert quality_points(runs[2]) == {}
+    write_report(tmp_path)
+    assert (tmp_path / "quality_vs_nfe.png").stat().st_size > 0
+
+
+def test_report_without_few_step_scores_draws_no_quality_figure(tmp_path):
+    fake_run(tmp_path, "0", "nice", "moons")
+    write_report(tmp_path)
+    assert not (tmp_path / "quality_vs_nfe.png").exists()
 
 
 # Job numbers in the order of `-m model=rectified_flow,cnf data=moons,checkerboard` (less one

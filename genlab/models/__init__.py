@@ -2,8 +2,9 @@
 
 from genlab.models.base import Model
 from genlab.models.cnf import CNF
+from genlab.models.diffusion import Diffusion
 from genlab.models.flow import ContinuousFlow
 from genlab.models.nice import NICE
 from genlab.models.rectified_flow import RectifiedFlow
 
-__all__ = ["Model", "ContinuousFlow", "NICE", "CNF", "RectifiedFlow"]
+__all__ = ["Model", "ContinuousFlow", "NICE", "CNF", "RectifiedFlow", "Diffusion"]

@@ -119,10 +119,16 @@ class Transport:
     Such a model has a density ``log_prob(x, t)`` at every time of the path and can show the
     paths themselves; the figures draw trajectories and snapshots of p_t for every model that
     is a ``Transport``. Few-step samplers are listed in ``few_step_samplers``: names mapped to
-    the ``sample`` keywords that select them (the step count is added as ``steps=k``).
+    the ``sample`` keywords that select them (the step count is added as ``steps=k``); a name
+    is lowercase letters and underscores, since the step count follows it in metric keys
+    (``w2_euler10``).
+    ``quality_steps`` are the step counts at which the end-of-run yardstick scores each of
+    them (W2 and NFE, drawn in ``quality_vs_steps.png``); empty, as by default, it does not
+    (a model with several stages is scored at the end of each instead).
     """
 
     few_step_samplers: dict[str, dict] = {}
+    quality_steps: tuple[int, ...] = ()
 
     def log_prob(self, x: Tensor, t: float = 1.0) -> Tensor:
         """Log-density of ``x`` (B, dim) under the path's marginal at time ``t``; (B,)."""

@@ -3,7 +3,8 @@
 Time runs from t=0 (noise, the prior) to t=1 (data). Sampling integrates noise forwards;
 ``log_prob`` integrates data backwards to t=0 with the augmented state ``[x, log-det]``
 (instantaneous change of variables, exact divergence) through :mod:`genlab.ode`, the one core
-shared by the CNF and the rectified flow, which differ only in how they are trained.
+shared by the CNF, the rectified flow and diffusion, which differ in how they are trained and in
+the samplers beside the ODE that they know (:mod:`genlab.sampling`).
 
 References:
     Chen et al. (2018), "Neural Ordinary Differential Equations".
@@ -13,40 +14,89 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 from genlab.models.base import Model, StandardNormal, Transport, check_count, check_points
-from genlab.ode import NFECounter, Solver, transport, transport_logdet
+from genlab.ode import SOLVERS, NFECounter, Solver, transport, transport_logdet
+from genlab.sampling import Sampler, as_sampler
 
-__all__ = ["ContinuousFlow"]
+__all__ = ["ContinuousFlow", "warmup_ema"]
+
+
+def warmup_ema(decay: float):
+    """An EMA update for :class:`AveragedModel` whose decay grows with the number of updates
+    ``n``: ``min(decay, (1 + n) / (10 + n))`` (the warm-up of well-kept EMA implementations).
+    ``n`` is the averaged model's own ``n_averaged`` buffer, so it resumes with the weights."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], n: Tensor) -> None:
+        steps = float(n)
+        d = min(decay, (1.0 + steps) / (10.0 + steps))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
 
 
 class ContinuousFlow(Model, Transport):
     """A model defined by a velocity field and the standard normal prior at t=0.
 
     Arguments:
-        velocity: the field, called as ``velocity(t, x)``; a :class:`genlab.nn.TimeMLP`.
-        sampler: the solver ``sample`` and the plots use by default (overridable per call).
+        velocity: the field, called as ``velocity(t, x)``; a :class:`genlab.nn.TimeMLP` or a
+            module that has its ``forward_with_jacobian`` (the exact divergence).
+        sampler: how ``sample`` draws by default (overridable per call): a
+            :class:`genlab.sampling.Sampler` whose method is one of ``methods``, or an ODE
+            :class:`genlab.ode.Solver`.
         likelihood: the solver ``log_prob`` uses; the divergence there is always exact.
         dim: dimension of the data.
+        ema: decay of the exponential moving average of the weights used to sample and
+            evaluate (0 disables it). It warms up: after ``n`` updates the decay is
+            ``min(ema, (1 + n) / (10 + n))``, so a short run evaluates trained weights and a
+            long one the full average.
     """
 
     few_step_samplers = {"euler": {"method": "euler"}}
+    #: The methods ``sample`` knows: the ODE solvers, and in subclasses methods of their own.
+    methods: tuple[str, ...] = SOLVERS
 
     def __init__(
-        self, velocity: nn.Module, sampler: Solver, likelihood: Solver, dim: int = 2
+        self,
+        velocity: nn.Module,
+        sampler: Sampler | Solver,
+        likelihood: Solver,
+        dim: int = 2,
+        ema: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema decay must lie in [0, 1), got {ema!r}")
         self.dim = dim
         self.velocity = velocity
-        self.sampler = sampler
+        self.sampler = self._check_method(as_sampler(sampler))
         self.likelihood = likelihood
         self.prior = StandardNormal(dim)
         self.counter = NFECounter()
+        self.ema = (
+            AveragedModel(velocity, multi_avg_fn=warmup_ema(ema), use_buffers=True)
+            if ema > 0
+            else None
+        )
 
     @property
     def field(self) -> nn.Module:
-        """The field used to sample and to evaluate (subclasses may return an average)."""
-        return self.velocity
+        """The field used to sample and to evaluate: the EMA weights when there are some."""
+        return self.ema.module if self.ema is not None else self.velocity
+
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.velocity)
+
+    def _check_method(self, sampler: Sampler) -> Sampler:
+        if sampler.method not in self.methods:
+            raise ValueError(
+                f"unknown sampler {sampler.method!r} for {self.name}; "
+                f"choose one of: {', '.join(self.methods)}"
+            )
+        return sampler
 
     @property
     def nfe(self) -> int:
@@ -64,36 +114,45 @@ class ContinuousFlow(Model, Transport):
         *,
         method: str | None = None,
         steps: int | None = None,
-        atol: float | None = None,
-        rtol: float | None = None,
+        **options,
     ) -> Tensor:
-        """Integrate ``n`` noise points from t=0 to t=1. Returns (n, dim).
+        """Carry ``n`` noise points from t=0 to t=1. Returns (n, dim).
 
-        Keywords override the configured sampler, e.g. ``sample(n, method="euler", steps=1)``.
+        Keywords override the configured sampler, e.g. ``sample(n, method="euler", steps=1)``;
+        ``options`` are its other fields (``atol``, ``rtol``, ``eta``, ``noise``).
         """
-        solver = self.sampler.replace(method=method, steps=steps, atol=atol, rtol=rtol)
-        return self.push(self._noise(n, generator), solver=solver)
+        sampler = self._check_method(self.sampler.replace(method=method, steps=steps, **options))
+        z = self._noise(n, generator)
+        if sampler.is_ode:
+            return self.push(z, solver=sampler.ode_solver)
+        return self.sample_with(z, sampler, generator)
+
+    def sample_with(self, z: Tensor, sampler: Sampler, generator: torch.Generator | None) -> Tensor:
+        """Carry noise ``z`` (B, dim) at t=0 to t=1 with one of the model's own methods, those
+        of ``methods`` that are not ODE solvers. Returns (B, dim)."""
+        raise NotImplementedError(f"{self.name} has no sampler {sampler.method!r}")
 
     def push(self, z: Tensor, t0: float = 0.0, t1: float = 1.0, solver: Solver | None = None):
-        """Transport points ``z`` (B, dim) from time ``t0`` to ``t1``; returns (B, dim)."""
+        """Transport points ``z`` (B, dim) along the ODE from time ``t0`` to ``t1`` with
+        ``solver`` (default: the sampler's); returns (B, dim)."""
         check_points(z, self.dim)
-        solver = solver or self.sampler
+        solver = solver or self.sampler.ode_solver
         return transport(self.field, z, t0, t1, solver, counter=self.counter).x
 
     def trajectories(
         self, n: int, generator: torch.Generator | None = None, points: int = 65
     ) -> Tensor:
-        """Paths of ``n`` noise points at ``points`` equally spaced times from 0 to 1.
+        """ODE paths of ``n`` noise points at ``points`` equally spaced times from 0 to 1, with
+        the sampler's ODE solver (see :attr:`genlab.sampling.Sampler.ode_solver`).
 
         Returns:
             (points, n, dim), the first entry the noise, the last the samples.
         """
         times = torch.linspace(0.0, 1.0, points).tolist()
         z = self._noise(n, generator)
+        solver = self.sampler.ode_solver
         with torch.no_grad():
-            return transport(
-                self.field, z, 0.0, 1.0, self.sampler, times=times, counter=self.counter
-            ).x
+            return transport(self.field, z, 0.0, 1.0, solver, times=times, counter=self.counter).x
 
     def log_prob(self, x: Tensor, t: float = 1.0) -> Tensor:
         """Exact log-density of ``x`` (B, dim) under the flow's marginal at time ``t``.

@@ -3,7 +3,8 @@
 Training pairs ``x0 ~ N(0, I)``, ``x1 ~ data``, ``t ~ p(t)``, ``x_t = (1 - t) x0 + t x1`` and
 the loss ``|v(t, x_t) - (x1 - x0)|^2``. Reflow draws noise, integrates it to data with a precise
 solver and retrains on these fixed (noise, sample) pairs, which straightens the paths so that
-few Euler steps suffice.
+few Euler steps suffice. Besides the ODE it samples by an SDE with the same marginals
+(``method="sde"``): along the straight path its velocity determines the score.
 
 References:
     Liu, Gong, Liu (2022), "Flow Straight and Fast: Learning to Generate and Transfer Data with
@@ -12,6 +13,8 @@ References:
     Tong et al. (2024), "Improving and generalizing flow-based generative models with
     minibatch optimal transport"; Pooladian et al. (2023), "Multisample Flow Matching" (OT
     coupling).
+    Ma et al. (2024), "SiT: Exploring Flow and Diffusion-based Generative Models with Scalable
+    Interpolant Transformers" (sampling an interpolant's SDE with diffusion ``w_t = sigma_t``).
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
 
 from genlab.models.base import Stage, check_count, check_points
 from genlab.models.flow import ContinuousFlow
-from genlab.ode import Solver, transport
+from genlab.ode import SOLVERS, Solver, transport
+from genlab.sampling import Sampler, marginal_sde
 
 __all__ = ["RectifiedFlow", "TIME_DISTRIBUTIONS"]
 
@@ -41,30 +44,18 @@ def ot_pairing(x0: Tensor, x1: Tensor) -> Tensor:
     return x0[torch.as_tensor(cols, device=x0.device)]
 
 
-def warmup_ema(decay: float):
-    """An EMA update for :class:`AveragedModel` whose decay grows with the number of updates
-    ``n``: ``min(decay, (1 + n) / (10 + n))`` (the warm-up of well-kept EMA implementations).
-    ``n`` is the averaged model's own ``n_averaged`` buffer, so it resumes with the weights."""
-
-    @torch.no_grad()
-    def update(averaged: list[Tensor], current: list[Tensor], n: Tensor) -> None:
-        steps = float(n)
-        d = min(decay, (1.0 + steps) / (10.0 + steps))
-        torch._foreach_lerp_(averaged, current, 1.0 - d)
-
-    return update
-
-
 class RectifiedFlow(ContinuousFlow):
     """Velocity matching on straight interpolations, sampled by any solver at any step count.
 
+    Samplers: the ODE solvers, and ``sde``: Euler-Maruyama on
+    ``dx = [v + g^2/2 * score] dt + g dW`` with ``g(t)^2 = noise * (1 - t)`` (the sampler's
+    ``noise``; :func:`genlab.sampling.marginal_sde`), whose marginals are the flow's for every
+    ``noise`` (0 is the ODE). ``g^2`` vanishes at the data end, where the score does not exist.
+
     Arguments:
-        velocity, sampler, likelihood, dim: see :class:`ContinuousFlow`.
+        velocity, sampler, likelihood, dim, ema: see :class:`ContinuousFlow` (EMA weights
+            sample and evaluate).
         time_distribution: ``uniform`` (U[0, 1]) or ``logit_normal`` (sigmoid of N(0, 1)).
-        ema: decay of the exponential moving average of the weights used to sample and
-            evaluate (0 disables it). It warms up: after ``n`` updates the decay is
-            ``min(ema, (1 + n) / (10 + n))``, so a short run evaluates trained weights and a
-            long one the full average.
         reflow: number of reflow rounds after the first training (>= 0).
         reflow_pairs: (noise, sample) pairs drawn for each reflow round.
         reflow_steps: optimiser steps of each reflow round.
@@ -75,6 +66,7 @@ class RectifiedFlow(ContinuousFlow):
     """
 
     name = "rectified_flow"
+    methods = (*SOLVERS, "sde")
 
     def __init__(
         self,
@@ -90,14 +82,12 @@ class RectifiedFlow(ContinuousFlow):
         coupling: str = "independent",
         dim: int = 2,
     ) -> None:
-        super().__init__(velocity, sampler, likelihood, dim)
+        super().__init__(velocity, sampler, likelihood, dim, ema)
         if time_distribution not in TIME_DISTRIBUTIONS:
             raise ValueError(
                 f"unknown time distribution {time_distribution!r}; "
                 f"choose one of: {', '.join(TIME_DISTRIBUTIONS)}"
             )
-        if not 0.0 <= ema < 1.0:
-            raise ValueError(f"ema decay must lie in [0, 1), got {ema!r}")
         if isinstance(reflow, bool) or not isinstance(reflow, int) or reflow < 0:
             raise ValueError(f"reflow must be an int >= 0, got {reflow!r}")
         for key, value in (("reflow_pairs", reflow_pairs), ("reflow_steps", reflow_steps)):
@@ -110,15 +100,6 @@ class RectifiedFlow(ContinuousFlow):
         self.time_distribution, self.coupling = time_distribution, coupling
         self.reflow, self.reflow_pairs, self.reflow_steps = reflow, reflow_pairs, reflow_steps
         self.reflow_solver = reflow_solver or Solver("dopri5", atol=1e-5, rtol=1e-5)
-        self.ema = (
-            AveragedModel(velocity, multi_avg_fn=warmup_ema(ema), use_buffers=True)
-            if ema > 0
-            else None
-        )
-
-    @property
-    def field(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.velocity
 
     def stages(self) -> list[Stage]:
         """Velocity matching on data, then one stage per reflow round on the pairs that the
@@ -144,9 +125,22 @@ class RectifiedFlow(ContinuousFlow):
         x0, x1 = pairs if pairs is not None else self.make_pairs(n, generator)
         return {"straightness": self.straightness(x0[:n], x1[:n])}
 
-    def after_step(self) -> None:
-        if self.ema is not None:
-            self.ema.update_parameters(self.velocity)
+    def velocity_and_score(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The field ``v`` and the score of the path's marginal at time ``t < 1``, each (B, dim).
+
+        Along ``x_t = (1 - t) x0 + t x1`` with ``x0 ~ N(0, I)``, ``v = E[x1 - x0 | x_t]`` gives
+        ``E[x0 | x_t] = x_t - t v``, and the score is
+        ``E[-x0 | x_t] / (1 - t) = (t v - x_t) / (1 - t)``. One field evaluation.
+        """
+        self.counter.count += 1
+        v = self.field(t, x)
+        return v, (t * v - x) / (1 - t)
+
+    def sample_with(self, z: Tensor, sampler: Sampler, generator: torch.Generator | None) -> Tensor:
+        """``sde``: Euler-Maruyama with ``g(t)^2 = noise * (1 - t)``."""
+        return marginal_sde(
+            self.velocity_and_score, lambda t: sampler.noise * (1 - t), z, sampler.steps, generator
+        )
 
     def sample_time(self, n: int, like: Tensor) -> Tensor:
         """``n`` training times in [0, 1] from the configured distribution, shape (n,)."""
