@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
@@ -114,9 +116,6 @@ def score(model: Model, data: str) -> dict:
 # ----------------------------------------------------------------------------- genlab's side
 def genlab_side(model: str, data: str, seconds: float, extra: list[str]) -> dict:
     """genlab trained through its own composition root under the same time budget."""
-    import tempfile
-    from pathlib import Path
-
     overrides = [
         f"model={model}",
         f"data={data}",

@@ -8,12 +8,14 @@ tensor or a plain container, so it loads with ``torch.load(..., weights_only=Tru
 A checkpoint is data, never code: ``weights_only`` keeps the unpickler from running code, and
 before ``load_run`` or ``load_toy`` builds anything from the config it read, every ``_target_``
 in that config must name one of genlab's own classes (a model or other ``torch.nn.Module``, a
-:class:`genlab.ode.Solver`, a :class:`genlab.data.Toy`), or lie in a module the caller trusts.
+:class:`genlab.data.Toy`, or a frozen dataclass such as :class:`genlab.ode.Solver`), or lie in a
+module the caller trusts.
 Every way a checkpoint can be wrong ends in a one-line :class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
@@ -29,9 +31,6 @@ from torch import nn
 from genlab.data import Toy
 from genlab.errors import CheckpointError, RunDirError
 from genlab.models.base import Model
-from genlab.models.diffusion import VPSchedule
-from genlab.ode import Solver
-from genlab.sampling import Sampler
 
 __all__ = [
     "CHECKPOINT",
@@ -55,8 +54,15 @@ ERROR_FILE = "error.json"  # why a sweep job failed (written by the genlab comma
 RUN_KEYS = ("model", "config")  # what load_run needs
 RESUME_KEYS = ("model", "config", "stage", "trainer", "rng", "stage_data", "records")
 
-#: What a checkpoint's config may build without trust: genlab classes derived from these.
-BUILDABLE = (nn.Module, Solver, Sampler, VPSchedule, Toy)
+
+def _buildable(cls: type) -> bool:
+    """What a checkpoint's config may build without trust, among genlab's classes: modules
+    (models, nets), toys, and frozen dataclasses (the value objects of a config: solvers,
+    samplers, schedules), whose construction only stores their fields."""
+    frozen = dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
+    return issubclass(cls, (nn.Module, Toy)) or frozen
+
+
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _PLAIN = (str, int, float, bool, type(None))
 # Keys Hydra's instantiate reads besides _target_. None runs code by itself: _args_ holds
@@ -163,9 +169,7 @@ def _check_target(target: object, where: str, path: Path, trusted: tuple[str, ..
 
     if not isinstance(target, str) or not _DOTTED.fullmatch(target):
         raise refuse("a _target_ is the dotted name of a class")
-    own = (
-        "a checkpoint builds only genlab's own classes (models, solvers, samplers, schedules, toys)"
-    )
+    own = "a checkpoint builds only genlab's own classes (models, toys, config values)"
     is_trusted = any(_within(target, t) for t in trusted)
     if not is_trusted and not _within(target, "genlab"):
         top = target.split(".")[0]
@@ -177,7 +181,7 @@ def _check_target(target: object, where: str, path: Path, trusted: tuple[str, ..
     module = getattr(obj, "__module__", None) or ""
     if any(_within(module, t) for t in trusted):
         return
-    if isinstance(obj, type) and _within(module, "genlab") and issubclass(obj, BUILDABLE):
+    if isinstance(obj, type) and _within(module, "genlab") and _buildable(obj):
         return
     if is_trusted:
         raise refuse(f"it is defined in {module or 'no module'!r}, outside the trusted modules")
@@ -191,11 +195,11 @@ def check_config(
 
     Walks every nesting level of ``config`` (dicts and lists) before anything is built. Every
     ``_target_`` must name a class defined in a ``genlab`` module that derives from
-    ``torch.nn.Module``, :class:`genlab.ode.Solver` or :class:`genlab.data.Toy`, or lie in a
-    module named in ``trusted``. Only modules below ``genlab`` and the trusted names are
-    imported. Values must be plain (strings, numbers, booleans, None) and hold no ``${...}``
-    interpolation, which ``instantiate`` would resolve (``oc.env`` reads the environment);
-    a config is stored resolved.
+    ``torch.nn.Module`` or :class:`genlab.data.Toy` or is a frozen dataclass (a config value:
+    solver, sampler, schedule), or lie in a module named in ``trusted``. Only modules below
+    ``genlab`` and the trusted names are imported. Values must be plain (strings, numbers,
+    booleans, None) and hold no ``${...}`` interpolation, which ``instantiate`` would resolve
+    (``oc.env`` reads the environment); a config is stored resolved.
 
     Arguments:
         config: the config, as plain containers.

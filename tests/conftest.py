@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -61,6 +63,12 @@ TINY_MODEL = {
 
 def tiny_overrides(model: str, data: str = "moons") -> list[str]:
     return [f"model={model}", f"data={data}", *TINY, *TINY_MODEL[model]]
+
+
+def tiny_sweep(*extra: str) -> list[str]:
+    """The ``genlab -m`` command of a tiny NICE sweep over moons and 8gaussians."""
+    overrides = [o for o in tiny_overrides("nice") if not o.startswith("data=")]
+    return [sys.executable, "-m", "genlab", "-m", "data=moons,8gaussians", *overrides, *extra]
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from genlab.errors import ConfigError
 from genlab.loggers import Logger, flatten
 from genlab.train import train
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_overrides, tiny_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY = "logger.every=2"  # the tiny runs have 6 steps: rows at steps 2, 4 and 6
@@ -116,14 +116,7 @@ def test_mlflow_logs_one_run_per_sweep_job_tagged_with_the_sweep(tmp_path):
     """Two jobs at once (joblib) share a new SQLite store; each is one MLflow run with its
     params, its scalars by step, the KL of its metrics.json and its files."""
     sweep, store = tmp_path / "sweep", tmp_path / "mlruns" / "mlflow.db"
-    overrides = [o for o in tiny_overrides("nice") if not o.startswith("data=")]
-    cmd = [
-        sys.executable,
-        "-m",
-        "genlab",
-        "-m",
-        "data=moons,8gaussians",
-        *overrides,
+    cmd = tiny_sweep(
         "logger=mlflow",
         EVERY,
         f"logger.tracking_uri=sqlite:///{store}",
@@ -132,7 +125,7 @@ def test_mlflow_logs_one_run_per_sweep_job_tagged_with_the_sweep(tmp_path):
         "hydra.launcher.n_jobs=2",
         "threads=1",
         f"hydra.sweep.dir={sweep}",
-    ]
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     client, runs = mlflow_runs(store)

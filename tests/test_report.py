@@ -3,7 +3,6 @@
 import json
 import logging
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from genlab.report import (
     quality_points,
     write_report,
 )
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_sweep
 
 
 class Truth(Model):
@@ -227,17 +226,10 @@ def test_report_on_nothing_says_why(tmp_path, make, capsys):
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_multirun_sweep_writes_runs_and_report(tmp_path, launcher):
     sweep = tmp_path / "sweep"
-    overrides = [o for o in tiny_overrides("nice") if not o.startswith("data=")]
-    cmd = [
-        sys.executable,
-        "-m",
-        "genlab",
-        "-m",
-        "data=moons,8gaussians",
-        *overrides,
+    cmd = tiny_sweep(
         f"hydra.sweep.dir={sweep}",
         f"hydra/launcher={launcher}",
-    ]
+    )
     if launcher == "submitit_local":
         cmd += ["hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
