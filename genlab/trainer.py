@@ -127,8 +127,9 @@ class Trainer:
         self.log_every = log_every
         self.progress, self.round, self.desc = progress, round_, desc
         # The fused kernel updates all parameters at once: fewer, larger ops than the loop.
-        fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
+        self.params = list(model.parameters())  # listed once: walking the modules costs
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.params)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=fused)
         self.lr = lr
         self.step = 0  # optimiser steps taken
         self.seconds = 0.0  # wall seconds spent in fit
@@ -209,7 +210,7 @@ class Trainer:
                 loss.backward()
                 nfe2 = model.nfe
                 if self.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self.optimizer.step()
@@ -229,8 +230,9 @@ class Trainer:
                         "nfe_backward": nfe2 - nfe1 if solved else "",
                     }
                 )
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                if self.progress:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
                 first_or_last = self.step in (1, self.steps)
                 if self.log_every and (first_or_last or self.step % self.log_every == 0):
                     nfe = f"  nfe {nfe1 - nfe0}+{nfe2 - nfe1}" if solved else ""

@@ -224,3 +224,77 @@ def test_ot_pairing_is_the_cheapest_permutation():
     best = min((x1 - x0[list(p)]).square().sum().item() for p in itertools.permutations(range(6)))
     assert (x1 - paired).square().sum().item() == pytest.approx(best, rel=1e-9)
     assert (x1 - paired).square().sum() < (x1 - x0).square().sum()
+
+
+# ----------------------------------------------------------------------------- EMA
+def test_ema_follows_its_warm_up_formula_and_survives_a_move():
+    """First update copies; then a <- d a + (1 - d) w with d = min(decay, (1+n)/(10+n)),
+    checked by hand on a one-weight module; a dtype move lists the new tensors."""
+    from genlab.models.flow import EMA
+
+    net = torch.nn.Linear(1, 1, bias=False).double()
+    ema, expected = EMA(net, decay=0.5), None
+    for n, w in enumerate([3.0, -1.0, 2.0, 7.0]):
+        net.weight.data.fill_(w)
+        ema.update(net)
+        d = min(0.5, (1 + n) / (10 + n))
+        expected = w if n == 0 else d * expected + (1 - d) * w
+        assert ema.module.weight.item() == pytest.approx(expected, abs=1e-15)
+    assert int(ema.n_averaged) == 4
+    assert net.weight.item() == 7.0  # the trained module is read, never written
+
+    ema.float(), net.float()
+    net.weight.data.fill_(1.0)
+    ema.update(net)
+    assert ema.module.weight.dtype == torch.float32
+    d = min(0.5, 5 / 14)  # n = 4
+    assert ema.module.weight.item() == pytest.approx(d * expected + (1 - d), rel=1e-6)
+
+
+def test_ema_state_resumes_the_average_exactly():
+    from genlab.models.flow import EMA
+
+    torch.manual_seed(0)
+    net = TimeMLP(2, 16, 2, "silu")
+    first, second = EMA(net, 0.999), EMA(net, 0.999)
+    for _ in range(5):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        first.update(net)
+    second.load_state_dict(first.state_dict())
+    first.update(net), second.update(net)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_ema_refuses_a_decay_outside_its_range():
+    from genlab.models.flow import EMA
+
+    with pytest.raises(ValueError, match="ema decay must lie in"):
+        EMA(torch.nn.Linear(1, 1), 1.0)
+
+
+def test_ema_matches_torchs_averaged_model_bit_for_bit():
+    """The same warm-up run through torch.optim.swa_utils.AveragedModel gives equal tensors
+    (and the same state-dict keys, so checkpoints written with either load in both)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from genlab.models.flow import EMA
+
+    def warm_up(averaged, current, n):
+        d = min(0.999, (1.0 + float(n)) / (10.0 + float(n)))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    torch.manual_seed(0)
+    net = TimeMLP(2, 16, 2, "silu", fourier=4)
+    ours, torchs = EMA(net, 0.999), AveragedModel(net, multi_avg_fn=warm_up, use_buffers=True)
+    for _ in range(30):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update(net)
+        torchs.update_parameters(net)
+    a, b = ours.state_dict(), torchs.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
