@@ -19,6 +19,7 @@ The models are used only through ``log_prob``, ``sample``, ``nfe`` and the capab
 from __future__ import annotations
 
 import math
+import platform
 import resource
 import sys
 import time
@@ -40,6 +41,7 @@ __all__ = [
     "stage_report",
     "sampling_cost",
     "peak_memory_mb",
+    "machine",
     "evaluate",
 ]
 
@@ -176,6 +178,23 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def machine(device: torch.device) -> str:
+    """What the run trained on, for reading its seconds: the GPU's name, or the CPU's model
+    name with the torch threads in use (as ``/proc/cpuinfo`` gives it; else the platform's)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    threads = torch.get_num_threads()
+    return f"{name}, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def evaluate(

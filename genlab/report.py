@@ -181,8 +181,48 @@ def _seconds(value) -> str:
     return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f}"
 
 
+#: A run that trained at under this fraction of its model's median steps/s in the sweep is
+#: flagged: the machine was busy then (contention), and its figures understate the model.
+SLOW = 0.5
+
+
+def speeds(runs: list[dict]) -> tuple[dict[str, float], set[int]]:
+    """The median steps/s of each model over the sweep's runs, and the runs (by index) that
+    trained at under :data:`SLOW` of their model's median, among models with 3 runs or more."""
+    medians, slow = {}, set()
+    for model in sweep_order(runs, "model"):
+        rates = {i: m.get("steps_per_second") for i, m in enumerate(runs) if m["model"] == model}
+        rates = {k: v for k, v in rates.items() if isinstance(v, int | float) and v > 0}
+        if not rates:
+            continue
+        medians[model] = float(np.median(list(rates.values())))
+        if len(rates) >= 3:
+            slow |= {k for k, v in rates.items() if v < SLOW * medians[model]}
+    return medians, slow
+
+
+def speed_markdown(runs: list[dict]) -> str:
+    """The line under the table that lets seconds be read across machines: where the runs
+    trained, each model's median steps/s, and what a flag on a run's steps means."""
+    medians, slow = speeds(runs)
+    if not medians:
+        return ""
+    where = sorted({m["machine"] for m in runs if m.get("machine")})
+    rates = ", ".join(f"{k} {_seconds(v)}" for k, v in medians.items())
+    text = f"\nMedian steps/s per model in this sweep: {rates}"
+    text += f" (on {'; '.join(where)}).\n" if where else ".\n"
+    if slow:
+        text += (
+            f"\n† trained at under {SLOW:g}x its model's median steps/s: the machine was busy "
+            "then, so that run's figures understate the model.\n"
+        )
+    return text
+
+
 def leaderboard_markdown(runs: list[dict]) -> str:
-    """The leaderboard as a Markdown table (KL +- SE, floor, W2 / floor, costs)."""
+    """The leaderboard as a Markdown table (KL +- SE, floor, W2 / floor, costs), then each
+    model's median steps/s (see :func:`speed_markdown`); † marks a run trained far slower than
+    its model's median."""
     head = (
         "data",
         "model",
@@ -196,7 +236,8 @@ def leaderboard_markdown(runs: list[dict]) -> str:
         "params",
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in runs:
+    _, slow = speeds(runs)
+    for i, m in enumerate(runs):
         row = (
             m["data"],
             m["model"],
@@ -204,13 +245,13 @@ def leaderboard_markdown(runs: list[dict]) -> str:
             _fmt(m.get("nice_floor"), 4),
             f"{_fmt(m['w2'], 2)} / {_fmt(m.get('w2_floor'), 2)}",
             _seconds(m.get("train_seconds")),
-            _fmt(m.get("steps")),
+            _fmt(m.get("steps")) + (" †" if i in slow else ""),
             _fmt(m.get("sample_seconds"), 2),
             _fmt(m.get("nfe")),
             _fmt(m.get("params")),
         )
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + speed_markdown(runs)
 
 
 def draw_gallery(root: Path, runs: list[dict]) -> Figure:

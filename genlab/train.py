@@ -181,7 +181,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         fit.run(hooks=[(cfg.train.plot_every, figures.progress), run_log.hook])
 
         out = {"model": model.name, "data": toy.name, "seed": cfg.seed, "device": str(device)}
-        out["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        out["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)  # trained
         out.update(fit.summary())
         log.info("evaluating %s on %s", model.name, toy.name)
         e = cfg.eval
@@ -192,6 +192,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         )
         figures.final(out["steps"], fit.records, out["w2_floor"], out)
         out["peak_memory_mb"] = metrics.peak_memory_mb(device)
+        out["machine"] = metrics.machine(device)
         (run_dir / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
         run_log.finish(out)
     log.info(

@@ -42,6 +42,7 @@ METRIC_KEYS = {
     "steps_per_second",
     "sample_seconds",
     "peak_memory_mb",
+    "machine",
 }
 
 

@@ -298,3 +298,13 @@ def test_ema_matches_torchs_averaged_model_bit_for_bit():
     a, b = ours.state_dict(), torchs.state_dict()
     assert list(a) == list(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_ema_copy_is_frozen_and_not_counted_as_trained_parameters():
+    """metrics.json's params counts what is trained: the EMA copy is neither trained nor
+    counted (it once doubled the rectified flow's and diffusion's counts)."""
+    net = TimeMLP(2, 16, 2, "silu")
+    model = RectifiedFlow(net, Solver(), Solver(), ema=0.999)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trained == sum(p.numel() for p in net.parameters())
+    assert not any(p.requires_grad for p in model.ema.parameters())

@@ -272,3 +272,28 @@ def test_report_asked_to_animate_runs_without_gifs_says_why(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "plots.animate=false" in err
     assert (tmp_path / "leaderboard.md").is_file()  # the rest of the report is written
+
+
+def test_leaderboard_flags_a_run_trained_far_below_its_models_median_speed(tmp_path):
+    """Seconds differ several-fold between machines and under contention: the report gives
+    each model's median steps/s and where the runs trained, and flags a run at under half
+    its model's median (the machine was busy), not one merely a little slower."""
+    for i, (data, rate) in enumerate([("moons", 500.0), ("rings", 480.0), ("2spirals", 150.0)]):
+        fake_run(
+            tmp_path,
+            f"{i}_rf_{data}",
+            "rectified_flow",
+            data,
+            job=i,
+            steps_per_second=rate,
+            machine="Some CPU, 1 thread",
+        )
+    fake_run(tmp_path, "3_nice_moons", "nice", "moons", job=3, steps_per_second=90.0)
+    runs, _ = collect(tmp_path)
+    board = leaderboard_markdown(runs)
+    rows = {line.split(" | ")[0].strip("| "): line for line in board.splitlines()[2:6]}
+    assert rows["2spirals"].split(" | ")[6] == "100 †"
+    assert "†" not in rows["moons"] and "†" not in rows["rings"]
+    assert "Median steps/s per model in this sweep: rectified_flow 480, nice 90.0" in board
+    assert "(on Some CPU, 1 thread)" in board
+    assert "under 0.5x its model's median" in board

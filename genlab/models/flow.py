@@ -37,7 +37,7 @@ class EMA(nn.Module):
     every step, about a tenth of a rectified-flow step on one CPU thread.)
 
     Arguments:
-        module: the trained module; it is copied, not held.
+        module: the trained module; it is copied (with ``requires_grad`` off), not held.
         decay: the decay the warm-up reaches, in (0, 1).
     """
 
@@ -45,7 +45,8 @@ class EMA(nn.Module):
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema decay must lie in (0, 1), got {decay!r}")
-        self.module = copy.deepcopy(module)
+        # A frozen copy: never optimised, and not counted among the trained parameters.
+        self.module = copy.deepcopy(module).requires_grad_(False)
         self.decay = decay
         self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))
         self._pairs: tuple[int, list[Tensor], list[Tensor]] | None = None
