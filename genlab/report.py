@@ -201,10 +201,10 @@ def speeds(runs: list[dict]) -> tuple[dict[str, float], set[int]]:
     return medians, slow
 
 
-def speed_markdown(runs: list[dict]) -> str:
+def speed_markdown(runs: list[dict], medians: dict[str, float], slow: set[int]) -> str:
     """The line under the table that lets seconds be read across machines: where the runs
-    trained, each model's median steps/s, and what a flag on a run's steps means."""
-    medians, slow = speeds(runs)
+    trained, each model's median steps/s, and what a flag on a run's steps means (``medians``
+    and ``slow`` as :func:`speeds` gives them)."""
     if not medians:
         return ""
     where = sorted({m["machine"] for m in runs if m.get("machine")})
@@ -236,7 +236,7 @@ def leaderboard_markdown(runs: list[dict]) -> str:
         "params",
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    _, slow = speeds(runs)
+    medians, slow = speeds(runs)
     for i, m in enumerate(runs):
         row = (
             m["data"],
@@ -251,7 +251,7 @@ def leaderboard_markdown(runs: list[dict]) -> str:
             _fmt(m.get("params")),
         )
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n" + speed_markdown(runs)
+    return "\n".join(lines) + "\n" + speed_markdown(runs, medians, slow)
 
 
 def draw_gallery(root: Path, runs: list[dict]) -> Figure:
