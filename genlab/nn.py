@@ -185,16 +185,18 @@ class TimeMLP(nn.Module):
         angle = 2 * math.pi * x @ self.fourier_b.to(x.dtype).T
         return torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1)
 
-    def _features_jacobian(self, x: Tensor) -> Tensor:
-        """d features / d x, shape (B, dim + 2 * fourier, dim)."""
-        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
+    def _feature_tangents(self, x: Tensor, w_x: Tensor) -> Tensor:
+        """``w_x @ d features / d x_j`` for every input coordinate ``j``: the first layer's
+        tangents, shape (dim, B, hidden), with ``w_x`` (hidden, dim + 2 * fourier) the columns
+        of the first weight that read the features."""
+        w_raw = w_x[:, : self.dim].T[:, None, :]  # (dim, 1, hidden): d x / d x_j = e_j
         if not len(self.fourier_b):
-            return eye
+            return w_raw.expand(-1, x.shape[0], -1)
         b = self.fourier_b.to(x.dtype)
         angle = 2 * math.pi * x @ b.T  # (B, F)
-        d_sin = (2 * math.pi * torch.cos(angle))[..., None] * b  # (B, F, dim)
-        d_cos = (-2 * math.pi * torch.sin(angle))[..., None] * b
-        return torch.cat([eye, d_sin, d_cos], dim=1)
+        d_sin = (2 * math.pi * torch.cos(angle))[None] * b.T[:, None, :]  # (dim, B, F)
+        d_cos = (-2 * math.pi * torch.sin(angle))[None] * b.T[:, None, :]
+        return w_raw + torch.cat([d_sin, d_cos], dim=2) @ w_x[:, self.dim :].T
 
     def _embed(self, t: Tensor | float, x: Tensor) -> Tensor:
         """Time features of shape (B, embed_dim) in ``x``'s dtype and device."""
@@ -229,8 +231,8 @@ class TimeMLP(nn.Module):
     def forward_with_jacobian(self, t: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:
         """Evaluate the velocity and its Jacobian w.r.t. ``x`` by forward-mode propagation.
 
-        Each layer ``z = W h + b`` maps the tangents ``T_h`` (B, width, dim) to ``W T_h``, and an
-        activation multiplies them by ``act'(z)``. The time features do not depend on ``x``, so
+        Each layer ``z = W h + b`` maps the tangents ``T_h`` (one (B, width) slab per input
+        coordinate) to ``T_h W^T``, and an activation multiplies them by ``act'(z)``. The time features do not depend on ``x``, so
         only the columns of the first weight that read ``x`` (and its Fourier features, through
         their own Jacobian) seed the tangents. Differentiable w.r.t. the parameters by ordinary
         autograd.
@@ -246,13 +248,11 @@ class TimeMLP(nn.Module):
         layers = self.net.layers
         features = self._features(x)
         z = layers[0](torch.cat([features, self._embed(t, x)], dim=1))
-        w_x = layers[0].weight[:, : features.shape[1]]
-        if len(self.fourier_b):
-            tangents = w_x @ self._features_jacobian(x)
-        else:
-            tangents = w_x.expand(x.shape[0], -1, -1)
+        # Tangents are held as (dim, B, width), one (B, width) slab per input coordinate, so
+        # that each layer maps all of them with one matrix product (not B tiny ones).
+        tangents = self._feature_tangents(x, layers[0].weight[:, : features.shape[1]])
         for layer in layers[1:]:
-            tangents = self.net.act_grad(z)[..., None] * tangents
+            tangents = self.net.act_grad(z) * tangents
             z = layer(self.net.act(z))
-            tangents = layer.weight @ tangents
-        return z, tangents
+            tangents = tangents @ layer.weight.T
+        return z, tangents.permute(1, 2, 0)
