@@ -125,6 +125,8 @@ def genlab_side(model: str, data: str, seconds: float, extra: list[str]) -> dict
         f"train.max_seconds={seconds}",
         "train.steps=10000000",
         "threads=1",
+        "eval.grid=60",  # the figures do not enter the scores: draw them small and fast
+        "plots.animate=false",
         *extra,
     ]
     with initialize_config_module(config_module="genlab.conf", version_base="1.3"):

@@ -232,10 +232,10 @@ class TimeMLP(nn.Module):
         """Evaluate the velocity and its Jacobian w.r.t. ``x`` by forward-mode propagation.
 
         Each layer ``z = W h + b`` maps the tangents ``T_h`` (one (B, width) slab per input
-        coordinate) to ``T_h W^T``, and an activation multiplies them by ``act'(z)``. The time features do not depend on ``x``, so
-        only the columns of the first weight that read ``x`` (and its Fourier features, through
-        their own Jacobian) seed the tangents. Differentiable w.r.t. the parameters by ordinary
-        autograd.
+        coordinate) to ``T_h W^T``, and an activation multiplies them by ``act'(z)``. The time
+        features do not depend on ``x``, so only the columns of the first weight that read ``x``
+        (and its Fourier features, through their own Jacobian) seed the tangents.
+        Differentiable w.r.t. the parameters by ordinary autograd.
 
         Arguments:
             t: time, a float, a 0-dim tensor or a (B,) tensor.

@@ -75,9 +75,16 @@ class Sampler:
     @property
     def ode_solver(self) -> Solver:
         """The ODE solver: ``method`` itself, or ``dopri5`` at ``atol``/``rtol`` for the other
-        methods (the trajectory figure follows the ODE that they sample the marginals of)."""
+        methods."""
         method = self.method if self.is_ode else "dopri5"
         return Solver(method, steps=self.steps, atol=self.atol, rtol=self.rtol)
+
+    @property
+    def path_solver(self) -> Solver:
+        """The solver of the paths drawn in the figures: ``dopri5`` at ``atol``/``rtol``
+        whatever ``method`` is, so that they show the ODE itself (the ODE that the stochastic
+        methods sample the marginals of), not the polyline of a few fixed steps."""
+        return Solver("dopri5", steps=self.steps, atol=self.atol, rtol=self.rtol)
 
     def replace(self, **overrides) -> Sampler:
         """A validated copy with the given fields changed; ``None`` values are ignored."""

@@ -117,6 +117,22 @@ def test_one_euler_step_is_x0_plus_v():
     assert torch.equal(x, x0 + model.velocity(torch.zeros((), dtype=torch.float64), x0))
 
 
+def test_trajectories_follow_the_ode_not_the_few_step_sampler():
+    """A curved field sampled by one midpoint step: the samples are the midpoint's, but the
+    drawn paths are the ODE's (dopri5 at the sampler's tolerances), not a straight segment."""
+    field = gaussian_flow(m=(0.0, 0.0), s=3.0)[0].velocity  # x_t = x0 sqrt((1-t)^2 + 9 t^2)
+    sampler = Sampler("midpoint", steps=1, atol=1e-9, rtol=1e-9)
+    model = RectifiedFlow(field, sampler, TIGHT, ema=0.0)
+    paths = model.trajectories(5, torch.Generator().manual_seed(0), points=9)
+    z = paths[0]
+    x1 = model.sample(5, torch.Generator().manual_seed(0))
+    exact = model.push(z, solver=TIGHT)
+    assert torch.allclose(paths[-1], exact, atol=1e-7)
+    assert not torch.allclose(x1, exact, atol=1e-3)  # one midpoint step is not the ODE
+    mid = (paths[0] + paths[-1]) / 2
+    assert (paths[4] - mid).abs().max() > 1e-2  # the path bends: no linear interpolation
+
+
 def mixture(n, generator):
     centres = torch.tensor([[2.0, 2.0], [-2.0, -2.0], [2.0, -2.0]])
     k = torch.randint(3, (n,), generator=generator)

@@ -183,15 +183,16 @@ class ContinuousFlow(Model, Transport):
     def trajectories(
         self, n: int, generator: torch.Generator | None = None, points: int = 65
     ) -> Tensor:
-        """ODE paths of ``n`` noise points at ``points`` equally spaced times from 0 to 1, with
-        the sampler's ODE solver (see :attr:`genlab.sampling.Sampler.ode_solver`).
+        """ODE paths of ``n`` noise points at ``points`` equally spaced times from 0 to 1,
+        solved by dopri5 at the sampler's tolerances whatever its method (see
+        :attr:`genlab.sampling.Sampler.path_solver`).
 
         Returns:
             (points, n, dim), the first entry the noise, the last the samples.
         """
         times = torch.linspace(0.0, 1.0, points).tolist()
         z = self._noise(n, generator)
-        solver = self.sampler.ode_solver
+        solver = self.sampler.path_solver
         with torch.no_grad():
             return transport(self.field, z, 0.0, 1.0, solver, times=times, counter=self.counter).x
 
