@@ -185,18 +185,18 @@ class TimeMLP(nn.Module):
         angle = 2 * math.pi * x @ self.fourier_b.to(x.dtype).T
         return torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1)
 
-    def _feature_tangents(self, x: Tensor, w_x: Tensor) -> Tensor:
+    def _feature_tangents(self, features: Tensor, w_x: Tensor) -> Tensor:
         """``w_x @ d features / d x_j`` for every input coordinate ``j``: the first layer's
-        tangents, shape (dim, B, hidden), with ``w_x`` (hidden, dim + 2 * fourier) the columns
-        of the first weight that read the features."""
+        tangents, shape (dim, B, hidden), from ``features`` (B, dim + 2 * fourier) as
+        :meth:`_features` gives them (their sines and cosines are reused) and ``w_x``
+        (hidden, dim + 2 * fourier), the columns of the first weight that read them."""
         w_raw = w_x[:, : self.dim].T[:, None, :]  # (dim, 1, hidden): d x / d x_j = e_j
         if not len(self.fourier_b):
-            return w_raw.expand(-1, x.shape[0], -1)
-        b = self.fourier_b.to(x.dtype)
-        angle = 2 * math.pi * x @ b.T  # (B, F)
-        d_sin = (2 * math.pi * torch.cos(angle))[None] * b.T[:, None, :]  # (dim, B, F)
-        d_cos = (-2 * math.pi * torch.sin(angle))[None] * b.T[:, None, :]
-        return w_raw + torch.cat([d_sin, d_cos], dim=2) @ w_x[:, self.dim :].T
+            return w_raw.expand(-1, features.shape[0], -1)
+        b = 2 * math.pi * self.fourier_b.to(features.dtype).T[:, None, :]  # (dim, 1, F)
+        sin, cos = features[:, self.dim :].chunk(2, dim=1)  # (B, F) each
+        d_features = torch.cat([cos * b, -sin * b], dim=2)  # (dim, B, 2F)
+        return w_raw + d_features @ w_x[:, self.dim :].T
 
     def _embed(self, t: Tensor | float, x: Tensor) -> Tensor:
         """Time features of shape (B, embed_dim) in ``x``'s dtype and device."""
@@ -250,7 +250,7 @@ class TimeMLP(nn.Module):
         z = layers[0](torch.cat([features, self._embed(t, x)], dim=1))
         # Tangents are held as (dim, B, width), one (B, width) slab per input coordinate, so
         # that each layer maps all of them with one matrix product (not B tiny ones).
-        tangents = self._feature_tangents(x, layers[0].weight[:, : features.shape[1]])
+        tangents = self._feature_tangents(features, layers[0].weight[:, : features.shape[1]])
         for layer in layers[1:]:
             tangents = self.net.act_grad(z) * tangents
             z = layer(self.net.act(z))

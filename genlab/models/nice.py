@@ -81,10 +81,10 @@ class NICE(Model, Layered):
         hidden, depth, activation: size of each coupling MLP.
         prior: ``normal`` or ``logistic``.
         identity_init: start every coupling as the identity (zero last layers). Off by default:
-            at the identity, data symmetric under ``x_b -> -x_b`` given ``x_a`` (rings,
-            circles, the two spirals) give every shift a zero expected gradient, a saddle that
-            60 s of training does not leave (2spirals KL 0.70; 0.35 from torch's default
-            initialisation, README).
+            from torch's default initialisation NICE fits 2spirals far better in 60 s (KL 0.35
+            against 0.70, README). Rings and circles stay at the best Gaussian's KL from
+            either start: there ``E[x_b | x_a] = 0`` in every frame, which pulls each shift
+            back to zero.
 
     References:
         Dinh, Krueger, Bengio. "NICE: Non-linear Independent Components Estimation" (2014).
