@@ -27,8 +27,21 @@ def test_activation_derivatives_match_autograd(name):
     f, df = ACTIVATIONS[name]
     z = torch.linspace(-5, 5, 101, dtype=torch.float64).requires_grad_(True)
     z = z[z.abs() > 1e-3]  # avoid the kink of relu at 0
-    (grad,) = torch.autograd.grad(f(z).sum(), z)
-    torch.testing.assert_close(df(z), grad, rtol=1e-12, atol=1e-12)
+    a = f(z)
+    (grad,) = torch.autograd.grad(a.sum(), z)
+    torch.testing.assert_close(df(z, a), grad, rtol=1e-12, atol=1e-12)
+
+
+def test_tanh_is_torch_tanh_and_twice_differentiable():
+    """genlab's sigmoid-based tanh: the same values, and first and second derivatives that
+    gradcheck confirms (Hutchinson divergences backpropagate through a gradient)."""
+    z = torch.linspace(-30, 30, 2001, dtype=torch.float64)
+    torch.testing.assert_close(ACTIVATIONS["tanh"][0](z), torch.tanh(z), rtol=0, atol=1e-15)
+    z32 = z.float()
+    torch.testing.assert_close(ACTIVATIONS["tanh"][0](z32), torch.tanh(z32), rtol=0, atol=3e-7)
+    w = torch.linspace(-3, 3, 13, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(ACTIVATIONS["tanh"][0], (w,))
+    assert torch.autograd.gradgradcheck(ACTIVATIONS["tanh"][0], (w,))
 
 
 def test_unknown_activation_names_the_valid_ones():
