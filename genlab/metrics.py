@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import platform
 import resource
+import statistics
 import sys
 import time
 
@@ -151,19 +152,27 @@ def stage_report(
     return out
 
 
-def sampling_cost(model: Model, n: int = 10_000, generator=None, **sample_kwargs) -> dict:
-    """Seconds to draw ``n`` samples (after a small warm-up) and NFE per sample."""
+def sampling_cost(
+    model: Model, n: int = 10_000, generator=None, repeats: int = 3, **sample_kwargs
+) -> dict:
+    """Seconds to draw ``n`` samples, the median of ``repeats`` timed draws after a small
+    warm-up (one draw of a fraction of a second is at the mercy of the machine), and the NFE
+    per sample of the first timed draw."""
+    seconds, nfe = [], None
     with torch.no_grad():
         model.sample(min(n, 256), generator, **sample_kwargs)  # warm-up
         _sync(model.device)
-        nfe0 = model.nfe
-        start = time.perf_counter()
-        model.sample(n, generator, **sample_kwargs)
-        _sync(model.device)
-        seconds = time.perf_counter() - start
-    out = {"sample_seconds": seconds}
-    if nfe0 is not None:
-        out["nfe"] = model.nfe - nfe0
+        for _ in range(repeats):
+            nfe0 = model.nfe
+            start = time.perf_counter()
+            model.sample(n, generator, **sample_kwargs)
+            _sync(model.device)
+            seconds.append(time.perf_counter() - start)
+            if nfe is None and nfe0 is not None:
+                nfe = model.nfe - nfe0
+    out = {"sample_seconds": statistics.median(seconds)}
+    if nfe is not None:
+        out["nfe"] = nfe
     return out
 
 

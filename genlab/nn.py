@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "MLP", "TimeMLP", "get_activation"]
+__all__ = ["ACTIVATIONS", "MLP", "TimeMLP", "fourier_features", "get_activation"]
 
 Activation = Callable[[Tensor], Tensor]
 #: ``f'(z)`` from the pre-activation ``z`` and the activation ``a = f(z)`` already computed.
@@ -93,6 +93,31 @@ def get_activation(name: str) -> tuple[Activation, Derivative]:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+def fourier_features(x: Tensor, b: Tensor) -> Tensor:
+    """``[x, sin(2 pi x B^T), cos(2 pi x B^T)]``: random Fourier features (Tancik et al. 2020).
+
+    Arguments:
+        x: points of shape (N, D).
+        b: frequencies of shape (F, D), in cycles per unit of ``x``; with ``F = 0``, ``x`` is
+            returned as it is.
+
+    Returns:
+        Features of shape (N, D + 2F).
+    """
+    if not len(b):
+        return x
+    angle = 2 * math.pi * x @ b.to(x.dtype).T
+    return torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1)
+
+
+def check_fourier(fourier: int, fourier_scale: float) -> None:
+    """Validate a number of Fourier features (an int >= 0) and their scale (> 0)."""
+    if isinstance(fourier, bool) or not isinstance(fourier, int) or fourier < 0:
+        raise ValueError(f"fourier must be an int >= 0, got {fourier!r}")
+    if not fourier_scale > 0:
+        raise ValueError(f"fourier_scale must be > 0, got {fourier_scale!r}")
 
 
 def _check_positive_int(name: str, value: int) -> None:
@@ -192,10 +217,7 @@ class TimeMLP(nn.Module):
     ) -> None:
         super().__init__()
         _check_positive_int("dim", dim)
-        if isinstance(fourier, bool) or not isinstance(fourier, int) or fourier < 0:
-            raise ValueError(f"fourier must be an int >= 0, got {fourier!r}")
-        if not fourier_scale > 0:
-            raise ValueError(f"fourier_scale must be > 0, got {fourier_scale!r}")
+        check_fourier(fourier, fourier_scale)
         if time_embedding not in self.EMBEDDINGS:
             raise ValueError(
                 f"unknown time embedding {time_embedding!r}; "
@@ -212,10 +234,7 @@ class TimeMLP(nn.Module):
 
     def _features(self, x: Tensor) -> Tensor:
         """``[x, sin(2 pi B x), cos(2 pi B x)]``, shape (B, dim + 2 * fourier)."""
-        if not len(self.fourier_b):
-            return x
-        angle = 2 * math.pi * x @ self.fourier_b.to(x.dtype).T
-        return torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1)
+        return fourier_features(x, self.fourier_b)
 
     def _feature_tangents(self, features: Tensor, w_x: Tensor) -> Tensor:
         """``w_x @ d features / d x_j`` for every input coordinate ``j``: the first layer's

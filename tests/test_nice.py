@@ -21,10 +21,13 @@ def x64():
     return torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
+@pytest.mark.parametrize("fourier", [0, 4])
 @pytest.mark.parametrize("parity", [0, 1])
 @pytest.mark.parametrize("activation", ["relu", "tanh", "silu"])
-def test_coupling_inverse_and_unit_determinant(parity, activation, x64):
-    layer = AdditiveCoupling(2, parity, hidden=16, depth=2, activation=activation).double()
+def test_coupling_inverse_and_unit_determinant(parity, activation, fourier, x64):
+    layer = AdditiveCoupling(
+        2, parity, hidden=16, depth=2, activation=activation, fourier=fourier
+    ).double()
     randomize(layer, seed=parity)
     y, log_det = layer(x64)
     assert torch.equal(log_det, torch.zeros(64, dtype=torch.float64))
@@ -49,7 +52,9 @@ def test_scaling_log_det():
 
 @pytest.fixture
 def nice():
-    model = NICE(couplings=4, hidden=16, depth=2, activation="tanh").double()
+    torch.manual_seed(0)  # the Fourier frequencies
+    model = NICE(couplings=4, hidden=16, depth=2, activation="tanh", fourier=4, fourier_scale=0.5)
+    model = model.double()
     randomize(model, seed=1, scale=0.4)
     return model
 
@@ -124,3 +129,7 @@ def test_bad_construction():
         NICE(prior="gauss")
     with pytest.raises(ValueError, match="couplings"):
         NICE(couplings=0)
+    with pytest.raises(ValueError, match="fourier must be an int >= 0, got -1"):
+        NICE(fourier=-1)
+    with pytest.raises(ValueError, match="fourier_scale must be > 0, got 0"):
+        NICE(fourier=4, fourier_scale=0)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab.models.base import Layered, Model, check_count, check_points, make_prior
-from genlab.nn import MLP
+from genlab.nn import MLP, check_fourier, fourier_features
 
 __all__ = ["AdditiveCoupling", "DiagonalScaling", "NICE"]
 
@@ -24,6 +24,9 @@ class AdditiveCoupling(nn.Module):
         hidden, depth, activation: the coupling MLP ``m``.
         identity_init: start ``m``'s last layer at zero (the layer starts as the identity);
             else at torch's default initialisation of a linear layer.
+        fourier: number of random Fourier features of ``x_a`` that ``m`` reads beside ``x_a``
+            (0: ``x_a`` only); ``m`` still depends on ``x_a`` alone, so the inverse stays exact.
+        fourier_scale: standard deviation of their frequencies (cycles per unit of ``x_a``).
     """
 
     def __init__(
@@ -34,16 +37,21 @@ class AdditiveCoupling(nn.Module):
         depth: int = 3,
         activation: str = "relu",
         identity_init: bool = False,
+        fourier: int = 0,
+        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        check_fourier(fourier, fourier_scale)
         self.b = slice(parity, None, 2)  # shifted coordinates
         self.a = slice(1 - parity, None, 2)  # coordinates the MLP reads
         n_a, n_b = len(range(dim)[self.a]), len(range(dim)[self.b])
-        self.m = MLP(n_a, n_b, hidden, depth, activation, zero_last=identity_init)
+        # A buffer: saved with the weights, so a loaded model has the same features.
+        self.register_buffer("fourier_b", torch.randn(fourier, n_a) * fourier_scale)
+        self.m = MLP(n_a + 2 * fourier, n_b, hidden, depth, activation, zero_last=identity_init)
 
     def _shift(self, x: Tensor, sign: float) -> Tensor:
         y = x.clone()
-        y[:, self.b] += sign * self.m(x[:, self.a])
+        y[:, self.b] += sign * self.m(fourier_features(x[:, self.a], self.fourier_b))
         return y
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,13 +110,17 @@ class NICE(Model, Layered):
         activation: str = "relu",
         prior: str = "normal",
         identity_init: bool = False,
+        fourier: int = 0,
+        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if isinstance(couplings, bool) or not isinstance(couplings, int) or couplings < 1:
             raise ValueError(f"couplings must be an int >= 1, got {couplings!r}")
         self.dim = dim
         self.couplings = nn.ModuleList(
-            AdditiveCoupling(dim, k % 2, hidden, depth, activation, identity_init)
+            AdditiveCoupling(
+                dim, k % 2, hidden, depth, activation, identity_init, fourier, fourier_scale
+            )
             for k in range(couplings)
         )
         self.scaling = DiagonalScaling(dim)
