@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from genlab.metrics import sampling_cost
 from genlab.models import CNF, RectifiedFlow
 from genlab.nn import TimeMLP
 from genlab.ode import Solver
@@ -115,6 +116,13 @@ def test_one_euler_step_is_x0_plus_v():
     x = model.sample(9, torch.Generator().manual_seed(2), method="euler", steps=1)
     x0 = torch.randn(9, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     assert torch.equal(x, x0 + model.velocity(torch.zeros((), dtype=torch.float64), x0))
+
+
+def test_sampling_cost_times_several_draws_and_reports_the_nfe_of_one():
+    flow, _, _ = gaussian_flow()
+    out = sampling_cost(flow, 100, torch.Generator().manual_seed(0), method="midpoint", steps=4)
+    assert out["nfe"] == 8  # 4 midpoint steps, whatever the number of timed draws
+    assert out["sample_seconds"] > 0
 
 
 def test_trajectories_follow_the_ode_not_the_few_step_sampler():
