@@ -157,8 +157,11 @@ def sampling_cost(
 ) -> dict:
     """Seconds to draw ``n`` samples, the median of ``repeats`` timed draws after a small
     warm-up (one draw of a fraction of a second is at the mercy of the machine), and the NFE
-    per sample of the first timed draw."""
-    seconds, nfe = [], None
+    per sample of the first timed draw. ``generator`` is left as one timed draw leaves it, so
+    what is drawn from it afterwards does not depend on ``repeats``."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    seconds, nfe, after_one = [], None, None
     with torch.no_grad():
         model.sample(min(n, 256), generator, **sample_kwargs)  # warm-up
         _sync(model.device)
@@ -170,6 +173,10 @@ def sampling_cost(
             seconds.append(time.perf_counter() - start)
             if nfe is None and nfe0 is not None:
                 nfe = model.nfe - nfe0
+            if after_one is None and generator is not None:
+                after_one = generator.get_state()
+    if after_one is not None:
+        generator.set_state(after_one)
     out = {"sample_seconds": statistics.median(seconds)}
     if nfe is not None:
         out["nfe"] = nfe

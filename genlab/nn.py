@@ -23,29 +23,43 @@ Derivative = Callable[[Tensor, Tensor], Tensor]
 
 
 class _Tanh(torch.autograd.Function):
-    """``tanh(z) = 2 sigmoid(2 z) - 1``, with the backward ``(1 - tanh^2) * grad``.
+    """``tanh(z) = 2 sigmoid(2 z) - 1``, with the derivative ``1 - tanh^2`` written out.
 
     On x86 CPUs torch's own tanh kernel is several times slower than its sigmoid (44 µs against
     8 µs on a (256, 64) tensor in torch 2.13), and tanh is a tenth of a CNF or NICE step. The
-    two agree to 2e-7 in float32. Twice differentiable (the backward is built of torch ops on
-    the saved output), so Hutchinson divergences can backpropagate through it.
+    two agree to 2e-7 in float32 (absolutely: near 0 the relative error is larger). Twice
+    differentiable (the backward is built of torch ops on the saved output), so Hutchinson
+    divergences can backpropagate through it; forward-mode AD and ``torch.func`` work too.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, z: Tensor) -> Tensor:  # noqa: D102
-        a = torch.sigmoid(2 * z).mul_(2).sub_(1)
-        ctx.save_for_backward(a)
-        return a
+    def forward(z: Tensor) -> Tensor:  # noqa: D102
+        return torch.sigmoid(2 * z).mul_(2).sub_(1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: D102
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
         (a,) = ctx.saved_tensors
         return grad * (1 - a * a)
 
+    @staticmethod
+    def jvp(ctx, tangent: Tensor) -> Tensor:  # noqa: D102
+        (a,) = ctx.saved_tensors
+        return tangent * (1 - a * a)
+
 
 def tanh(z: Tensor) -> Tensor:
-    """Elementwise tanh (see :class:`_Tanh` for why not ``torch.tanh``)."""
-    return _Tanh.apply(z)
+    """Elementwise tanh: :class:`_Tanh` for float32/float64 on the CPU, where it is faster,
+    else ``torch.tanh`` (one fused kernel on a GPU, and exact in half precision)."""
+    if z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64):
+        return _Tanh.apply(z)
+    return torch.tanh(z)
 
 
 def _tanh_grad(z: Tensor, a: Tensor) -> Tensor:

@@ -123,6 +123,13 @@ def test_sampling_cost_times_several_draws_and_reports_the_nfe_of_one():
     out = sampling_cost(flow, 100, torch.Generator().manual_seed(0), method="midpoint", steps=4)
     assert out["nfe"] == 8  # 4 midpoint steps, whatever the number of timed draws
     assert out["sample_seconds"] > 0
+    # the generator ends as one draw leaves it: later figures do not depend on the repeats
+    one, three = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    sampling_cost(flow, 50, one, repeats=1, method="euler", steps=1)
+    sampling_cost(flow, 50, three, repeats=3, method="euler", steps=1)
+    assert torch.equal(one.get_state(), three.get_state())
+    with pytest.raises(ValueError, match="repeats must be an int >= 1, got 0"):
+        sampling_cost(flow, 50, repeats=0)
 
 
 def test_trajectories_follow_the_ode_not_the_few_step_sampler():

@@ -124,6 +124,19 @@ def test_sample_rejects_bad_count(nice, n):
         nice.sample(n)
 
 
+def test_a_nice_without_features_has_the_state_dict_of_one_from_before_features():
+    """Checkpoints written before couplings had Fourier features still load: a NICE with
+    ``fourier=0`` has no feature buffers, and the one with features saves its frequencies."""
+    plain, featured = NICE(couplings=2), NICE(couplings=2, fourier=3)
+    assert not any("fourier" in key for key in plain.state_dict())
+    assert featured.state_dict()["couplings.0.fourier_b"].shape == (3, 1)
+    torch.manual_seed(5)
+    other = NICE(couplings=2, fourier=3)
+    other.load_state_dict(featured.state_dict())
+    x = torch.randn(7, 2)
+    assert torch.equal(other(x)[0], featured(x)[0])
+
+
 def test_bad_construction():
     with pytest.raises(ValueError, match="prior 'gauss'"):
         NICE(prior="gauss")
