@@ -15,51 +15,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "MLP", "TimeMLP", "fourier_features", "get_activation"]
+__all__ = ["ACTIVATIONS", "MLP", "TimeMLP", "check_fourier", "fourier_features", "get_activation"]
 
 Activation = Callable[[Tensor], Tensor]
 #: ``f'(z)`` from the pre-activation ``z`` and the activation ``a = f(z)`` already computed.
 Derivative = Callable[[Tensor, Tensor], Tensor]
-
-
-class _Tanh(torch.autograd.Function):
-    """``tanh(z) = 2 sigmoid(2 z) - 1``, with the derivative ``1 - tanh^2`` written out.
-
-    On x86 CPUs torch's own tanh kernel is several times slower than its sigmoid (44 µs against
-    8 µs on a (256, 64) tensor in torch 2.13), and tanh is a tenth of a CNF or NICE step. The
-    two agree to 2e-7 in float32 (absolutely: near 0 the relative error is larger). Twice
-    differentiable (the backward is built of torch ops on the saved output), so Hutchinson
-    divergences can backpropagate through it; forward-mode AD and ``torch.func`` work too.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(z: Tensor) -> Tensor:  # noqa: D102
-        return torch.sigmoid(2 * z).mul_(2).sub_(1)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: D102
-        ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
-        (a,) = ctx.saved_tensors
-        return grad * (1 - a * a)
-
-    @staticmethod
-    def jvp(ctx, tangent: Tensor) -> Tensor:  # noqa: D102
-        (a,) = ctx.saved_tensors
-        return tangent * (1 - a * a)
-
-
-def tanh(z: Tensor) -> Tensor:
-    """Elementwise tanh: :class:`_Tanh` for float32/float64 on the CPU, where it is faster,
-    else ``torch.tanh`` (one fused kernel on a GPU, and exact in half precision)."""
-    if z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64):
-        return _Tanh.apply(z)
-    return torch.tanh(z)
 
 
 def _tanh_grad(z: Tensor, a: Tensor) -> Tensor:
@@ -87,7 +47,7 @@ def _relu_grad(z: Tensor, a: Tensor) -> Tensor:
 
 #: name -> (activation ``f(z)``, its derivative ``f'(z)`` given ``z`` and ``a = f(z)``).
 ACTIVATIONS: dict[str, tuple[Activation, Derivative]] = {
-    "tanh": (tanh, _tanh_grad),
+    "tanh": (torch.tanh, _tanh_grad),
     "softplus": (nn.functional.softplus, _softplus_grad),
     "silu": (nn.functional.silu, _silu_grad),
     "elu": (nn.functional.elu, _elu_grad),
@@ -109,18 +69,18 @@ def get_activation(name: str) -> tuple[Activation, Derivative]:
     return ACTIVATIONS[name]
 
 
-def fourier_features(x: Tensor, b: Tensor) -> Tensor:
+def fourier_features(x: Tensor, b: Tensor | None) -> Tensor:
     """``[x, sin(2 pi x B^T), cos(2 pi x B^T)]``: random Fourier features (Tancik et al. 2020).
 
     Arguments:
         x: points of shape (N, D).
-        b: frequencies of shape (F, D), in cycles per unit of ``x``; with ``F = 0``, ``x`` is
-            returned as it is.
+        b: frequencies of shape (F, D), in cycles per unit of ``x``; with ``None`` or
+            ``F = 0``, ``x`` is returned as it is.
 
     Returns:
         Features of shape (N, D + 2F).
     """
-    if not len(b):
+    if b is None or not len(b):
         return x
     angle = 2 * math.pi * x @ b.to(x.dtype).T
     return torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1)

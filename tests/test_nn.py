@@ -32,22 +32,6 @@ def test_activation_derivatives_match_autograd(name):
     torch.testing.assert_close(df(z, a), grad, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.func's own torch.jit.script
-def test_tanh_is_torch_tanh_and_twice_differentiable():
-    """genlab's sigmoid-based tanh: the same values, and first and second derivatives that
-    gradcheck confirms (Hutchinson divergences backpropagate through a gradient)."""
-    z = torch.linspace(-30, 30, 2001, dtype=torch.float64)
-    torch.testing.assert_close(ACTIVATIONS["tanh"][0](z), torch.tanh(z), rtol=0, atol=1e-15)
-    z32 = z.float()
-    torch.testing.assert_close(ACTIVATIONS["tanh"][0](z32), torch.tanh(z32), rtol=0, atol=3e-7)
-    w = torch.linspace(-3, 3, 13, dtype=torch.float64).requires_grad_(True)
-    assert torch.autograd.gradcheck(ACTIVATIONS["tanh"][0], (w,))
-    assert torch.autograd.gradgradcheck(ACTIVATIONS["tanh"][0], (w,))
-    assert torch.autograd.gradcheck(ACTIVATIONS["tanh"][0], (w,), check_forward_ad=True)
-    per_point = torch.func.vmap(torch.func.grad(ACTIVATIONS["tanh"][0]))(w.detach())
-    torch.testing.assert_close(per_point, 1 - torch.tanh(w.detach()) ** 2)
-
-
 def test_unknown_activation_names_the_valid_ones():
     with pytest.raises(ValueError, match="unknown activation 'gelu'; choose one of: tanh"):
         get_activation("gelu")

@@ -53,9 +53,7 @@ class AdditiveCoupling(nn.Module):
 
     def _shift(self, x: Tensor, sign: float) -> Tensor:
         y = x.clone()
-        x_a = x[:, self.a]
-        features = x_a if self.fourier_b is None else fourier_features(x_a, self.fourier_b)
-        y[:, self.b] += sign * self.m(features)
+        y[:, self.b] += sign * self.m(fourier_features(x[:, self.a], self.fourier_b))
         return y
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
