@@ -90,7 +90,7 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
-            build(_task_config(config), Path(config.hydra.run.dir))
+            build(_task_config(config), Path(config.hydra.run.dir), preflight=True)
         except GenlabError as e:
             _refuse(e)
 

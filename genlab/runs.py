@@ -44,6 +44,8 @@ __all__ = [
     "load_checkpoint",
     "check_config",
     "resume_checkpoint",
+    "check_resume",
+    "RESUMABLE_CHANGES",
     "load_run",
     "load_toy",
 ]
@@ -271,12 +273,8 @@ def resume_checkpoint(run_dir: str | Path, model: nn.Module, config: Mapping, st
     ckpt = load_checkpoint(run_dir, device, keys=RESUME_KEYS)
     path = Path(run_dir) / CHECKPOINT
     held, wanted = ckpt["config"]["model"], config["model"]
+    _check_same_model(path, held, wanted)
     advice = "resume with the model it holds, or choose another hydra.run.dir"
-    if held["_target_"] != wanted["_target_"]:
-        raise CheckpointError(
-            f"{path} holds a {held['_target_']} model, but the config asks for "
-            f"{wanted['_target_']}: {advice}"
-        )
     try:
         model.load_state_dict(ckpt["model"])
     except Exception as err:  # RuntimeError on missing keys or shapes, TypeError on non-dicts
@@ -295,15 +293,93 @@ def resume_checkpoint(run_dir: str | Path, model: nn.Module, config: Mapping, st
     return ckpt
 
 
+# Settings a resumed run may change: how it reports and for how long it trains. Every other
+# setting of model, data, seed and train decides what the run trains, so a resume that changes
+# one would continue a run it does not describe. A longer train.steps or max_seconds grows a
+# run; the schedule then follows the new budget, so the weights differ from either budget's.
+RESUMABLE_CHANGES = (
+    "train.resume",
+    "train.progress",
+    "train.log_every",
+    "train.plot_every",
+    "train.checkpoint_every",
+    "train.steps",
+    "train.max_seconds",
+)
+_RUN_DEFINING = ("model", "data", "seed", "train")
+_ABSENT = object()  # a key one of two configs lacks
+
+
+def _check_same_model(path: Path, held: Mapping, wanted: Mapping) -> None:
+    if held["_target_"] != wanted["_target_"]:
+        raise CheckpointError(
+            f"{path} holds a {held['_target_']} model, but the config asks for "
+            f"{wanted['_target_']}: resume with the model it holds, or choose another "
+            "hydra.run.dir"
+        )
+
+
+def _changes(held: object, wanted: object, where: str) -> Iterable[tuple[str, object, object]]:
+    """``(key, value in the file, value in the config)`` for every leaf that differs; a key
+    one side lacks has the value ``_ABSENT`` there."""
+    if isinstance(held, Mapping) and isinstance(wanted, Mapping):
+        for k in sorted({*held, *wanted}, key=str):
+            yield from _changes(held.get(k, _ABSENT), wanted.get(k, _ABSENT), f"{where}.{k}")
+    elif held != wanted:
+        yield where, held, wanted
+
+
+def _describe(changes: Iterable[tuple[str, object, object]]) -> str:
+    return ", ".join(
+        f"{key} {'absent' if a is _ABSENT else repr(a)} in the file, "
+        f"{'absent' if b is _ABSENT else repr(b)} in the config"
+        for key, a, b in changes
+    )
+
+
 def _differences(held: object, wanted: object, where: str = "model") -> str:
     """The keys whose values differ between two configs, as ``key: file -> config`` items."""
-    if isinstance(held, Mapping) and isinstance(wanted, Mapping):
-        parts = [
-            _differences(held.get(k), wanted.get(k), f"{where}.{k}")
-            for k in sorted({*held, *wanted}, key=str)
-        ]
-        return ", ".join(p for p in parts if p)
-    return "" if held == wanted else f"{where} {held!r} in the file, {wanted!r} in the config"
+    return _describe(_changes(held, wanted, where))
+
+
+def check_resume(run_dir: str | Path, config: Mapping) -> list[str]:
+    """Refuse to resume the run in ``run_dir`` under settings it was not trained with.
+
+    Compares the checkpoint's config with ``config`` over ``model``, ``data``, ``seed`` and
+    ``train``, except :data:`RESUMABLE_CHANGES`; ``eval``, ``plots``, ``logger``, ``device``
+    and ``threads`` may change freely. A key one side lacks (a checkpoint written before a
+    setting existed, or after one was removed) is not an error: it is returned, so the caller
+    can say that the config's value applies. Reads the file only; writes nothing.
+
+    Arguments:
+        run_dir: a run dir holding ``model.pt``.
+        config: the resumed run's resolved config.
+
+    Returns:
+        Descriptions of the keys one side lacks (empty when the configs agree).
+
+    Raises:
+        CheckpointError: the file is broken, or the run was trained with other settings; the
+            message names every differing key with both values, and how to go on.
+    """
+    path = Path(run_dir) / CHECKPOINT
+    held = load_checkpoint(run_dir, keys=RESUME_KEYS)["config"]
+    _check_same_model(path, held["model"], config["model"])
+    changes = [
+        c
+        for section in _RUN_DEFINING
+        for c in _changes(held.get(section, _ABSENT), config.get(section, _ABSENT), section)
+        if c[0] not in RESUMABLE_CHANGES
+    ]
+    absent = [c for c in changes if _ABSENT in (c[1], c[2])]
+    differ = [c for c in changes if _ABSENT not in (c[1], c[2])]
+    if differ:
+        raise CheckpointError(
+            f"{path} holds a {held['model']['_target_']} run trained with other settings "
+            f"({_describe(differ)}):"
+            " resume with the settings it was trained with, or choose another hydra.run.dir"
+        )
+    return [_describe([c]) for c in absent]
 
 
 def load_run(

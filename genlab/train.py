@@ -28,7 +28,7 @@ from genlab.figures import RunFigures
 from genlab.fit import Fit
 from genlab.loggers import Logger, RunLog
 from genlab.models.base import Model
-from genlab.runs import check_run_dir
+from genlab.runs import CHECKPOINT, check_resume, check_run_dir
 
 __all__ = ["build", "build_logger", "train", "resolve_device"]
 
@@ -123,15 +123,20 @@ def build_logger(cfg: DictConfig) -> Logger:
         raise _config_error(e) from e
 
 
-def build(cfg: DictConfig, run_dir: Path) -> tuple[object, Model, Fit, Logger]:
+def build(
+    cfg: DictConfig, run_dir: Path, preflight: bool = False
+) -> tuple[object, Model, Fit, Logger]:
     """Check the config, instantiate the toy, the model and the logger and prepare the fit.
 
     Writes nothing: every setting is checked here (each stage's trainer is built), and so is
-    the run dir, before a file is touched.
+    the run dir, before a file is touched. ``preflight``: a check before the run, which leaves
+    the run's warnings to the run itself (they would be logged twice).
 
     Raises:
         ConfigError: one line naming the bad key or value.
         RunDirError: the run dir holds another run (and ``train.resume`` is false).
+        CheckpointError: on ``train.resume``, the run dir's checkpoint is broken, or holds a
+            run trained with other settings (see :func:`genlab.runs.check_resume`).
     """
     try:
         _check_config(cfg)
@@ -155,6 +160,10 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[object, Model, Fit, Logger]:
         raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from e
     logger = build_logger(cfg)
     check_run_dir(run_dir, cfg.train.resume)
+    if cfg.train.resume and (run_dir / CHECKPOINT).exists():
+        for absent in check_resume(run_dir, config):
+            if not preflight:
+                log.warning("resuming %s: %s; the config's value applies", run_dir, absent)
     return toy, model, fit, logger
 
 

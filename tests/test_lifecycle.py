@@ -50,6 +50,20 @@ def test_a_dir_holding_a_run_is_refused_and_left_untouched(tmp_path):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
+def test_resuming_with_other_settings_is_refused_before_hydra_writes(tmp_path):
+    """The refusal comes from the preflight, so the run's own .hydra/config.yaml survives."""
+    run = tmp_path / "run"
+    assert genlab(*tiny_overrides("nice"), f"hydra.run.dir={run}").returncode == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    done = genlab(
+        *tiny_overrides("nice"), "train.lr=0.01", "train.resume=true", f"hydra.run.dir={run}"
+    )
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "train.lr 0.001 in the file, 0.01 in the config" in err[0], err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 def test_an_unwritable_run_dir_gives_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -285,6 +285,57 @@ def test_resuming_with_another_size_names_the_setting(trained, compose_cfg, tmp_
     assert re.search(r"model\.hidden 16 in the file, 32 in the config", message)
 
 
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ("data=8gaussians", "'genlab.data.EightGaussians' in the config"),
+        ("seed=1", "seed 0 in the file, 1 in the config"),
+        ("train.lr=0.01", "train.lr 0.001 in the file, 0.01 in the config"),
+        ("model.activation=relu", "model.activation 'tanh' in the file, 'relu' in the config"),
+    ],
+)
+def test_resuming_with_other_settings_is_refused_naming_them(
+    trained, compose_cfg, tmp_path, change, named
+):
+    """Weights of the right shapes are not enough: a run resumed on other data, with another
+    seed, learning rate or activation would continue a run its config does not describe."""
+    run_dir = copy_run(trained("nice"), tmp_path / "run")
+    before = read(run_dir)
+    key = change.split("=")[0]
+    overrides = [o for o in tiny_overrides("nice") if o.split("=")[0] != key]
+    cfg = compose_cfg([*overrides, change, "train.resume=true"])
+    message = refused(lambda: train(cfg, run_dir), run_dir / CHECKPOINT, "genlab.models.NICE")
+    assert named in message and "hydra.run.dir" in message, message
+    after = read(run_dir)
+    assert after["trainer"]["step"] == before["trainer"]["step"]
+
+
+def test_resume_may_change_how_a_run_reports_and_how_long_it_trains(trained, compose_cfg, tmp_path):
+    """Progress, logging, plots, evaluation, threads and a longer budget are free to change."""
+    run_dir = copy_run(trained("nice"), tmp_path / "run")
+    steps = read(run_dir)["trainer"]["step"]
+    free = ["train.progress=true", "train.log_every=1", "eval.n_test=500", "threads=1"]
+    cfg = compose_cfg(
+        [*tiny_overrides("nice"), *free, f"train.steps={steps + 3}", "train.resume=true"]
+    )
+    assert train(cfg, run_dir)["steps"] == steps + 3
+
+
+def test_a_setting_the_checkpoint_predates_applies_with_a_warning(
+    trained, compose_cfg, tmp_path, caplog
+):
+    """A checkpoint written before a setting existed resumes; the log says the config's value
+    applies."""
+    run_dir = copy_run(trained("nice"), tmp_path / "run")
+    ckpt = copy.deepcopy(read(run_dir))
+    del ckpt["config"]["train"]["warmup_steps"]
+    write(run_dir, ckpt)
+    cfg = compose_cfg([*tiny_overrides("nice"), "train.resume=true"])
+    with caplog.at_level("WARNING", logger="genlab"):
+        train(cfg, run_dir)
+    assert "train.warmup_steps absent in the file, 0 in the config" in caplog.text
+
+
 def test_resuming_a_stage_the_model_lacks_is_refused(trained, compose_cfg, tmp_path):
     """A checkpoint from reflow round 1, resumed with a config that has no reflow."""
     run_dir = copy_run(trained("rectified_flow"), tmp_path / "run")
