@@ -22,12 +22,17 @@ build), then::
 
     python benchmarks/peers.py                       # every duel, 60 s a side, 1 thread
     python benchmarks/peers.py --seconds 20 --duels rf-torchcfm --data moons
+    python benchmarks/peers.py --duels nice-zuko --data 2spirals --seeds 0 1 2   # + medians
+
+Each side of a seed's duel starts from that seed (weights and data stream), so a row per seed
+shows both libraries' spread, and with several seeds a last row holds each column's median.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -57,9 +62,11 @@ def stream(data: str, seed: int = 0) -> Iterator[Tensor]:
         yield toy.sample(BATCH, gen)
 
 
-def fit_for(seconds: float, loss: Callable[[Tensor], Tensor], params, data: str) -> int:
+def fit_for(
+    seconds: float, loss: Callable[[Tensor], Tensor], params, data: str, seed: int = 0
+) -> int:
     """Adam at 1e-3 on the shared stream until ``seconds`` of wall time; returns the steps."""
-    opt, batches, steps = torch.optim.Adam(list(params), lr=LR), stream(data), 0
+    opt, batches, steps = torch.optim.Adam(list(params), lr=LR), stream(data, seed), 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         value = loss(next(batches))
@@ -114,11 +121,12 @@ def score(model: Model, data: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- genlab's side
-def genlab_side(model: str, data: str, seconds: float, extra: list[str]) -> dict:
+def genlab_side(model: str, data: str, seconds: float, extra: list[str], seed: int = 0) -> dict:
     """genlab trained through its own composition root under the same time budget."""
     overrides = [
         f"model={model}",
         f"data={data}",
+        f"seed={seed}",
         "train.progress=false",
         "train.log_every=0",
         "train.checkpoint_every=0",
@@ -136,12 +144,12 @@ def genlab_side(model: str, data: str, seconds: float, extra: list[str]) -> dict
 
 
 # ----------------------------------------------------------------------------- peers
-def torchcfm_side(data: str, seconds: float) -> tuple[dict, int]:
+def torchcfm_side(data: str, seconds: float, seed: int = 0) -> tuple[dict, int]:
     from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
     from torchcfm.models.models import MLP
     from torchdyn.core import NeuralODE
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = MLP(dim=2, time_varying=True, w=128)
     cfm = ConditionalFlowMatcher(sigma=0.0)
 
@@ -150,7 +158,7 @@ def torchcfm_side(data: str, seconds: float) -> tuple[dict, int]:
         t, xt, ut = cfm.sample_location_and_conditional_flow(x0, x1)
         return (net(torch.cat([xt, t[:, None]], dim=-1)) - ut).square().mean()
 
-    steps = fit_for(seconds, loss, net.parameters(), data)
+    steps = fit_for(seconds, loss, net.parameters(), data, seed)
     net.eval().requires_grad_(False)
 
     def field(t: Tensor, x: Tensor) -> Tensor:
@@ -175,13 +183,13 @@ class _TorchdynField(nn.Module):
         return self.net(torch.cat([x, t.expand(len(x), 1)], dim=-1))
 
 
-def flow_matching_side(data: str, seconds: float) -> tuple[dict, int]:
+def flow_matching_side(data: str, seconds: float, seed: int = 0) -> tuple[dict, int]:
     from flow_matching.path import AffineProbPath
     from flow_matching.path.scheduler import CondOTScheduler
     from flow_matching.solver import ODESolver
     from flow_matching.utils import ModelWrapper
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     layers = [nn.Linear(3, 128), nn.SiLU(), nn.Linear(128, 128), nn.SiLU()]
     net = nn.Sequential(*layers, nn.Linear(128, 128), nn.SiLU(), nn.Linear(128, 2))
     path = AffineProbPath(scheduler=CondOTScheduler())
@@ -195,7 +203,7 @@ def flow_matching_side(data: str, seconds: float) -> tuple[dict, int]:
         p = path.sample(t=t, x_0=x0, x_1=x1)
         return (velocity(p.x_t, p.t) - p.dx_t).square().mean()
 
-    steps = fit_for(seconds, loss, net.parameters(), data)
+    steps = fit_for(seconds, loss, net.parameters(), data, seed)
     net.eval().requires_grad_(False)
 
     class Wrapped(ModelWrapper):
@@ -210,10 +218,10 @@ def flow_matching_side(data: str, seconds: float) -> tuple[dict, int]:
     return score(FieldModel(lambda t, x: velocity(x, t), sample), data), steps
 
 
-def zuko_nice_side(data: str, seconds: float) -> tuple[dict, int]:
+def zuko_nice_side(data: str, seconds: float, seed: int = 0) -> tuple[dict, int]:
     import zuko
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     flow = zuko.flows.NICE(
         2,
         transforms=8,
@@ -221,34 +229,34 @@ def zuko_nice_side(data: str, seconds: float) -> tuple[dict, int]:
         univariate=zuko.transforms.AdditiveTransform,  # else zuko's NICE is affine
         shapes=[()],  # the shift's shape
     )
-    steps = fit_for(seconds, lambda x: -flow().log_prob(x).mean(), flow.parameters(), data)
+    steps = fit_for(seconds, lambda x: -flow().log_prob(x).mean(), flow.parameters(), data, seed)
     flow.requires_grad_(False)
     model = DensityModel(lambda x: flow().log_prob(x), lambda n: flow().sample((n,)))
     return score(model, data), steps
 
 
-def normflows_nice_side(data: str, seconds: float) -> tuple[dict, int]:
+def normflows_nice_side(data: str, seconds: float, seed: int = 0) -> tuple[dict, int]:
     import normflows as nf
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     flows = []
     for _ in range(8):
         mlp = nf.nets.MLP([1, 128, 128, 128, 1], init_zeros=True)  # shift of the other half
         flows.append(nf.flows.AffineCouplingBlock(mlp, scale=False))
         flows.append(nf.flows.Permute(2, mode="swap"))
     model_nf = nf.NormalizingFlow(nf.distributions.DiagGaussian(2, trainable=False), flows)
-    steps = fit_for(seconds, lambda x: model_nf.forward_kld(x), model_nf.parameters(), data)
+    steps = fit_for(seconds, lambda x: model_nf.forward_kld(x), model_nf.parameters(), data, seed)
     model_nf.requires_grad_(False)
     model = DensityModel(model_nf.log_prob, lambda n: model_nf.sample(n)[0])
     return score(model, data), steps
 
 
-def zuko_cnf_side(data: str, seconds: float) -> tuple[dict, int]:
+def zuko_cnf_side(data: str, seconds: float, seed: int = 0) -> tuple[dict, int]:
     import zuko
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     flow = zuko.flows.CNF(2, hidden_features=(64,) * 3, exact=True, atol=1e-5, rtol=1e-5)
-    steps = fit_for(seconds, lambda x: -flow().log_prob(x).mean(), flow.parameters(), data)
+    steps = fit_for(seconds, lambda x: -flow().log_prob(x).mean(), flow.parameters(), data, seed)
     flow.requires_grad_(False)
     model = DensityModel(lambda x: flow().log_prob(x), lambda n: flow().sample((n,)))
     return score(model, data), steps
@@ -273,12 +281,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="training budget a side")
     parser.add_argument("--duels", nargs="+", default=list(DUELS), choices=DUELS)
     parser.add_argument("--data", nargs="+", default=None, help="restrict the toys")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="a row per seed, then their medians"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for genlab's side")
     args = parser.parse_args()
     torch.set_num_threads(1)
     head = (
         "duel",
         "data",
+        "seed",
         "genlab KL",
         "peer KL",
         "KL ratio",
@@ -298,19 +310,38 @@ def main() -> None:
     for name in args.duels:
         model, extra, peer, label, datasets = DUELS[name]
         for data in datasets if args.data is None else [d for d in args.data if d in datasets]:
-            ours = genlab_side(model, data, args.seconds, [*extra, *args.overrides])
-            theirs, peer_steps = peer(data, args.seconds)
-            floor = ours.get("nice_floor", 0.0)
-            kl_ours, kl_theirs = ours["kl"] - floor, theirs["kl"] - floor
-            above = " (above floor)" if floor else ""
-            print(
-                f"| {model} vs {label} | {data} | {ours['kl']:.3f} ± {ours['kl_se']:.3f}"
-                f" | {theirs['kl']:.3f} ± {theirs['kl_se']:.3f} | {_ratio(kl_ours, kl_theirs)}"
-                f"{above} | {ours['w2']:.3f} | {theirs['w2']:.3f} | {ours['w2_floor']:.3f}"
-                f" | {ours['sample_seconds']:.2f} | {theirs['sample_seconds']:.2f}"
-                f" | {ours['steps']} / {peer_steps} |",
-                flush=True,
-            )
+            rows = []
+            for seed in args.seeds:
+                ours = genlab_side(model, data, args.seconds, [*extra, *args.overrides], seed)
+                theirs, peer_steps = peer(data, args.seconds, seed)
+                rows.append((ours, theirs, peer_steps))
+                _print_row(f"{model} vs {label}", data, f"seed {seed}", ours, theirs, peer_steps)
+            if len(rows) > 1:  # medians over seeds, each column on its own
+                med = [
+                    {k: statistics.median(r[i][k] for r in rows) for k in SCORED} for i in (0, 1)
+                ]
+                if "nice_floor" in rows[0][0]:
+                    med[0]["nice_floor"] = rows[0][0]["nice_floor"]
+                med[0]["steps"] = int(statistics.median(r[0]["steps"] for r in rows))
+                steps = int(statistics.median(r[2] for r in rows))
+                _print_row(f"{model} vs {label}", data, "**median**", med[0], med[1], steps)
+
+
+SCORED = ("kl", "kl_se", "w2", "w2_floor", "sample_seconds")
+
+
+def _print_row(duel: str, data: str, seed: str, ours: dict, theirs: dict, peer_steps: int) -> None:
+    floor = ours.get("nice_floor", 0.0)
+    kl_ours, kl_theirs = ours["kl"] - floor, theirs["kl"] - floor
+    above = " (above floor)" if floor else ""
+    print(
+        f"| {duel} | {data} | {seed} | {ours['kl']:.3f} ± {ours['kl_se']:.3f}"
+        f" | {theirs['kl']:.3f} ± {theirs['kl_se']:.3f} | {_ratio(kl_ours, kl_theirs)}"
+        f"{above} | {ours['w2']:.3f} | {theirs['w2']:.3f} | {ours['w2_floor']:.3f}"
+        f" | {ours['sample_seconds']:.2f} | {theirs['sample_seconds']:.2f}"
+        f" | {ours['steps']} / {peer_steps} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
