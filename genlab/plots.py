@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 GRID = 200  # points per side of density grids
+DENSITY_CHUNK = 1_000  # grid points per log_prob call (see grid_log_density)
 RATIO_CLIP = 3.0  # |log(model/truth)| shown up to this many nats
 NEGLIGIBLE = 1e-3  # density below this fraction of the truth's peak counts as no mass
 NEGLIGIBLE_COLOR = "0.75"  # grey: where the ratio panel has nothing to show
@@ -60,10 +61,22 @@ def grid_points(bound: float, n: int = GRID) -> torch.Tensor:
 
 
 @torch.no_grad()
-def grid_log_density(log_prob, bound: float, n: int = GRID, device="cpu", dtype=torch.float32):
-    """``log_prob`` on the grid of :func:`grid_points`, as an (n, n) float64 numpy array."""
+def grid_log_density(
+    log_prob,
+    bound: float,
+    n: int = GRID,
+    device="cpu",
+    dtype=torch.float32,
+    chunk: int = DENSITY_CHUNK,
+):
+    """``log_prob`` on the grid of :func:`grid_points`, as an (n, n) float64 numpy array.
+
+    The grid goes to ``log_prob`` in bands of ``chunk`` points. An adaptive ODE solve steps as
+    finely as its stiffest point needs, and a grid's far corners, where a density is tiny, are
+    the stiff ones: in small bands the rest of the grid takes larger steps, at the same
+    tolerance per point (``benchmarks/figures.py``)."""
     pts = grid_points(bound, n).to(device=device, dtype=dtype)
-    out = torch.cat([log_prob(c).double().cpu() for c in pts.split(10_000)])
+    out = torch.cat([log_prob(c).double().cpu() for c in pts.split(chunk)])
     return out.reshape(n, n).numpy()
 
 
