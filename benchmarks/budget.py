@@ -8,8 +8,8 @@ run of its own, so each point is what a user gets who trains that long, not a mi
 of a longer schedule. Run it on an otherwise idle machine:
 
     python benchmarks/budget.py --model nice --data rings 2spirals --seconds 60 180 540
-    python benchmarks/budget.py --model cnf --data rings --seconds 30 60 120 --seeds 0 1 \\
-        --plot kl_vs_budget.png model.hidden=128       # Hydra overrides last
+    python benchmarks/budget.py model.hidden=128 --model cnf --data rings --seconds 30 60 \\
+        --seeds 0 1 --plot kl_vs_budget.png           # Hydra overrides first
     python benchmarks/budget.py --from a.md b.md --plot kl.png --target 0.3   # draw saved runs
 """
 
@@ -18,37 +18,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+
+from common import BY_TIME, train_run
 
 MODELS = ("nice", "cnf", "rectified_flow", "diffusion")
 
 
 def run_one(model: str, data: str, seconds: float, seed: int, extra: list[str]) -> dict:
     """One run of ``seconds`` of training; returns its metrics with the run's settings."""
-    from hydra import compose, initialize_config_module
-
-    from genlab.train import train
-
-    overrides = [
-        f"model={model}",
-        f"data={data}",
-        f"seed={seed}",
-        "threads=1",
-        "train.steps=10000000",  # the wall-clock budget binds first
-        f"train.max_seconds={seconds}",
-        "train.progress=false",
-        "train.log_every=0",
-        "train.checkpoint_every=0",
-        "plots.animate=false",
-        *extra,
-    ]
-    with initialize_config_module(config_module="genlab.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        metrics = train(cfg, Path(tmp))
+    metrics = train_run(model, data, seed, [*BY_TIME, f"train.max_seconds={seconds}", *extra])
     return {"model": model, "data": data, "budget": seconds, "seed": seed, **metrics}
 
 
@@ -164,7 +145,7 @@ def read_table(path: Path) -> list[dict]:
             "model": model,
             "data": data,
             "budget": float(budget),
-            "train_seconds": float(budget),
+            "train_seconds": float(budget),  # the table has the budget, which it ran to
             "seed": int(seed),
             "steps": int(steps),
             "steps_per_second": float(rate),

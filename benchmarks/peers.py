@@ -33,20 +33,17 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
+from common import BY_TIME, train_run
 from torch import Tensor, nn
 
 from genlab import metrics
 from genlab.data import get_toy
 from genlab.models.base import Model, StandardNormal
 from genlab.ode import NFECounter, Solver, transport_logdet
-from genlab.train import train as genlab_train
 
 DATA = ("8gaussians", "moons", "checkerboard", "2spirals")
 CNF_DATA = ("8gaussians", "moons")
@@ -123,24 +120,9 @@ def score(model: Model, data: str) -> dict:
 # ----------------------------------------------------------------------------- genlab's side
 def genlab_side(model: str, data: str, seconds: float, extra: list[str], seed: int = 0) -> dict:
     """genlab trained through its own composition root under the same time budget."""
-    overrides = [
-        f"model={model}",
-        f"data={data}",
-        f"seed={seed}",
-        "train.progress=false",
-        "train.log_every=0",
-        "train.checkpoint_every=0",
-        f"train.max_seconds={seconds}",
-        "train.steps=10000000",
-        "threads=1",
-        "eval.grid=60",  # the figures do not enter the scores: draw them small and fast
-        "plots.animate=false",
-        *extra,
-    ]
-    with initialize_config_module(config_module="genlab.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        return genlab_train(cfg, Path(tmp) / "run")
+    budget = [*BY_TIME, f"train.max_seconds={seconds}"]
+    # the figures do not enter the scores: draw them small and fast
+    return train_run(model, data, seed, [*budget, "eval.grid=60", *extra])
 
 
 # ----------------------------------------------------------------------------- peers

@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import tempfile
-from pathlib import Path
 
-from hydra import compose, initialize_config_module
+from common import train_run
 
 from genlab.data import TOYS
-from genlab.train import train
 
 DATA = ("8gaussians", "moons", "checkerboard", "2spirals")
 MODELS = ("nice", "cnf", "rectified_flow", "diffusion")
@@ -31,21 +28,7 @@ FEW_KEY = re.compile(rf"w2_([a-z_]+){FEW_STEPS}")  # w2_ddim10: DDIM's W2 at 10 
 
 
 def run_one(model: str, data: str, seed: int, extra: list[str]) -> dict:
-    overrides = [
-        f"model={model}",
-        f"data={data}",
-        f"seed={seed}",
-        "train.progress=false",
-        "train.log_every=0",
-        "train.checkpoint_every=0",
-        "train.batch_size=256",
-        "train.lr=1e-3",
-        *extra,
-    ]
-    with initialize_config_module(config_module="genlab.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        return train(cfg, Path(tmp))
+    return train_run(model, data, seed, ["train.batch_size=256", "train.lr=1e-3", *extra])
 
 
 def main() -> None:

@@ -72,9 +72,9 @@ def grid_log_density(
     """``log_prob`` on the grid of :func:`grid_points`, as an (n, n) float64 numpy array.
 
     The grid goes to ``log_prob`` in bands of ``chunk`` points. An adaptive ODE solve steps as
-    finely as its stiffest point needs, and a grid's far corners, where a density is tiny, are
-    the stiff ones: in small bands the rest of the grid takes larger steps, at the same
-    tolerance per point (``benchmarks/figures.py``)."""
+    finely as its stiffest point needs, so in small bands only the bands that hold stiff points
+    pay for them, at the same tolerance per point (``benchmarks/figures.py``: a trained
+    diffusion model's 100x100 grid 4x faster than in bands of 10,000)."""
     pts = grid_points(bound, n).to(device=device, dtype=dtype)
     out = torch.cat([log_prob(c).double().cpu() for c in pts.split(chunk)])
     return out.reshape(n, n).numpy()
