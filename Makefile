@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench notebooks clean
 
 $(BIN)/genlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: $(BIN)/genlab
 	$(BIN)/python -m pip uninstall --quiet -y torchvision
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/peers.py
+
+# The tutorials as executed notebooks beside their .py sources (QUICK=1 for a seconds budget).
+notebooks: $(BIN)/genlab
+	$(BIN)/python -m pip install --quiet "jupytext>=1.16" nbclient ipykernel "$(TORCH)"
+	cd docs/tutorials && MPLBACKEND=Agg ../../$(BIN)/jupytext --to ipynb --execute *.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

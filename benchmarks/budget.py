@@ -24,7 +24,9 @@ from pathlib import Path
 
 from common import BY_TIME, train_run
 
-MODELS = ("nice", "cnf", "rectified_flow", "diffusion")
+from genlab.configs import data_options, model_options
+
+MODELS = tuple(model_options())
 
 
 def run_one(model: str, data: str, seconds: float, seed: int, extra: list[str]) -> dict:
@@ -178,11 +180,10 @@ def main() -> None:
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.hidden=128")
     args = parser.parse_args()
-    from genlab.data import TOYS
-
+    toys = data_options()
     for data in args.data:
-        if data not in TOYS:
-            parser.error(f"unknown toy {data!r}; choose from {', '.join(TOYS)}")
+        if data not in toys:
+            parser.error(f"unknown toy {data!r}; choose from {', '.join(toys)}")
     if any(not s > 0 for s in args.seconds) or args.jobs < 1:
         parser.error("--seconds must be > 0 and --jobs >= 1")
     if args.tables:

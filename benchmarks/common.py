@@ -17,7 +17,7 @@ def train_run(model: str, data: str, seed: int, overrides: list[str]) -> dict:
     last, so they win); returns the run's metrics (``metrics.json``)."""
     from hydra import compose, initialize_config_module
 
-    from genlab.train import train
+    from genlab.runner import train
 
     settings = [f"model={model}", f"data={data}", f"seed={seed}", *QUIET, *overrides]
     with initialize_config_module(config_module="genlab.conf", version_base="1.3"):

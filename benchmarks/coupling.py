@@ -24,8 +24,9 @@ import torch
 from hydra import compose, initialize_config_module
 
 from genlab import metrics
+from genlab.runner import train as genlab_train
 from genlab.runs import load_run, load_toy
-from genlab.train import train as genlab_train
+from genlab.scores import flatten
 
 EULER_STEPS = (1, 2, 4, 8)
 
@@ -55,7 +56,7 @@ def one_run(data: str, coupling: str, steps: int, seed: int) -> dict:
     with torch.no_grad():
         x0, x1 = model.make_pairs(2000, gen)
         scores["straightness"] = model.straightness(x0, x1)
-        scores.update(metrics.quality_vs_steps(model, toy, gen, 2000, EULER_STEPS))
+        scores.update(flatten(metrics.quality_vs_steps(model, toy, gen, 2000, EULER_STEPS)))
     scores["wall"] = time.perf_counter() - start
     return scores
 

@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from genlab.data import get_toy
+from genlab.configs import get_toy
 from genlab.trainer import History, Trainer
 
 

@@ -41,7 +41,7 @@ from common import BY_TIME, train_run
 from torch import Tensor, nn
 
 from genlab import metrics
-from genlab.data import get_toy
+from genlab.configs import get_toy
 from genlab.models.base import Model, StandardNormal
 from genlab.ode import NFECounter, Solver, transport_logdet
 

@@ -1,12 +1,12 @@
-"""genlab's figures under the DESIGN protocol: fresh data each step, batch 256, Adam lr 1e-3.
+"""genlab's figures under the peers' protocol: fresh data each step, batch 256, Adam lr 1e-3.
 
-Trains each model on each data set through ``genlab.train.train`` (the same code path as the
+Trains each model on each data set through ``genlab.runner.train`` (the same code path as the
 ``genlab`` command) and prints KL +- SE, W2 / floor, training seconds, sampling seconds for
 10,000 samples, NFE and, for models scored against sampling steps at the end of a run
 (diffusion), each few-step sampler's W2 at 10 steps, as a Markdown table. Run it on an otherwise
 idle machine:
 
-    python benchmarks/run.py                       # the four models on four toys
+    python benchmarks/run.py                       # every model on four toys
     python benchmarks/run.py --models nice --data moons --repeats 3
     python benchmarks/run.py model.depth=3 --models nice --data 2spirals   # overrides first
 """
@@ -14,17 +14,15 @@ idle machine:
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 
 from common import train_run
 
-from genlab.data import TOYS
+from genlab import scores
+from genlab.configs import data_options, model_options
 
 DATA = ("8gaussians", "moons", "checkerboard", "2spirals")
-MODELS = ("nice", "cnf", "rectified_flow", "diffusion")
 FEW_STEPS = 10  # the step count of the few-step column
-FEW_KEY = re.compile(rf"w2_([a-z_]+){FEW_STEPS}")  # w2_ddim10: DDIM's W2 at 10 steps
 
 
 def run_one(model: str, data: str, seed: int, extra: list[str]) -> dict:
@@ -34,8 +32,9 @@ def run_one(model: str, data: str, seed: int, extra: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # choices also catch an override typed after --data, which argparse would read as a name
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--data", nargs="+", default=list(DATA), choices=TOYS)
+    models = model_options()
+    parser.add_argument("--models", nargs="+", default=models, choices=models)
+    parser.add_argument("--data", nargs="+", default=list(DATA), choices=data_options())
     parser.add_argument("--repeats", type=int, default=1, help="seeds per cell (medians)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.steps=1000")
     args = parser.parse_args()
@@ -71,10 +70,9 @@ def main() -> None:
                 )
             }
             nfe = runs[0].get("nfe", "")
+            few_step = [scores.at_steps(scores.read(r), FEW_STEPS) for r in runs]
             few = ", ".join(
-                f"{m.group(1)} {statistics.median(r[m.group(0)] for r in runs):.2f}"
-                for m in map(FEW_KEY.fullmatch, runs[0])
-                if m
+                f"{name} {statistics.median(f[name] for f in few_step):.2f}" for name in few_step[0]
             )
             print(
                 f"| {model} | {data} | {runs[0]['steps']} | {med['nll']:.3f}"

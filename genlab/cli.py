@@ -1,4 +1,4 @@
-"""The ``genlab`` command: the Hydra app around :func:`genlab.train.train`.
+"""The ``genlab`` command: the Hydra app around :func:`genlab.runner.train`.
 
 What the command adds to ``train``:
 
@@ -25,20 +25,21 @@ import os
 import secrets
 import sys
 import traceback
-from importlib import resources
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from genlab.configs import check_additions, compose_config, key_owners, model_options
 from genlab.errors import GenlabError, RunDirError
 from genlab.fit import Stopped
+from genlab.runner import build, build_logger, train
 from genlab.runs import ERROR_FILE, RUN_FILES, check_run_dir
-from genlab.train import build, build_logger, train
 
 __all__ = ["main", "app", "Preflight"]
 
@@ -50,17 +51,21 @@ OmegaConf.register_new_resolver(
 )
 
 
+_budgets: list[str] = []  # computed once per process; empty while being computed
+
+
 def training_budgets() -> str:
-    """Each shipped model's own ``train.steps`` (``cnf 1,000, nice 5,000, ...``), read from
-    its config or, where it sets none, from config.yaml's: the budgets ``genlab --help``
-    states."""
-    conf = resources.files("genlab.conf")
-    default = OmegaConf.load(conf.joinpath("config.yaml").open()).train.steps
-    budgets = {}
-    for name, node in _model_files().items():
-        steps = default if "_target_" in node else OmegaConf.select(node, "train.steps")
-        budgets[name] = steps or default
-    return ", ".join(f"{name} {steps:,}" for name, steps in budgets.items())
+    """Each model's own ``train.steps`` (``cnf 1,000, diffusion 20,000, ...``), composed as a
+    run of that model would be: the budgets ``genlab --help`` states.
+
+    Hydra resolves the help text whenever it composes a config, so the composes below would
+    call this again: the inner calls get a placeholder, and the result is kept for the process.
+    """
+    if not _budgets:
+        _budgets.append("(being read)")
+        budgets = {name: compose_config([f"model={name}"]).train.steps for name in model_options()}
+        _budgets[0] = ", ".join(f"{name} {steps:,}" for name, steps in budgets.items())
+    return _budgets[0]
 
 
 OmegaConf.register_new_resolver("genlab.budgets", training_budgets, replace=True)
@@ -90,7 +95,10 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
-            build(_task_config(config), Path(config.hydra.run.dir), preflight=True)
+            task = _task_config(config)
+            runtime = config.hydra
+            check_additions(task, runtime.overrides.task, list(runtime.runtime.choices))
+            build(task, Path(config.hydra.run.dir), preflight=True)
         except GenlabError as e:
             _refuse(e)
 
@@ -136,14 +144,15 @@ def _record_failure(run_dir: Path, error: Exception) -> None:
     (run_dir / ERROR_FILE).write_text(json.dumps(failure, indent=2) + "\n")
 
 
-# conf/ sits at the repository root (the layout of shared/DESIGN.md) and is installed as the
-# package genlab.conf, so one path serves editable and wheel installs alike.
+# conf/ sits at the repository root and is installed as the package genlab.conf, so one path
+# serves editable and wheel installs alike.
 @hydra.main(version_base="1.3", config_path="pkg://genlab.conf", config_name="config")
 def app(cfg: DictConfig) -> float:
     """Train one model (or, with ``-m``, one job of a sweep); returns its KL."""
     hydra_cfg = HydraConfig.get()
     try:
-        return train(cfg)["kl"]
+        check_additions(cfg, hydra_cfg.overrides.task, list(hydra_cfg.runtime.choices))
+        return train(cfg, hydra_cfg.runtime.output_dir, sweep=_sweep_dir(hydra_cfg))["kl"]
     except Stopped as e:
         sys.exit(128 + e.signum)  # the checkpoint is written and the reason logged
     except Exception as e:
@@ -156,66 +165,60 @@ def app(cfg: DictConfig) -> float:
         raise
 
 
-def _model_files() -> dict[str, DictConfig]:
-    """Each shipped model group option's YAML, as loaded (a model node, or a global package
-    with ``model`` and its own ``train``)."""
-    out = {}
-    for entry in sorted(resources.files("genlab.conf").joinpath("model").iterdir(), key=str):
-        if entry.name.endswith(".yaml"):
-            out[entry.name[: -len(".yaml")]] = OmegaConf.load(entry.open())
-    return out
-
-
-def _model_configs() -> dict[str, DictConfig]:
-    """Each model group option's ``model`` node, from the shipped configs."""
-    return {
-        name: node if "_target_" in node else node.model for name, node in _model_files().items()
-    }
-
-
-def _chosen(group: str, argv: list[str]) -> str:
-    """The option of ``group`` a command line picks (its last ``group=...``), else the
-    experiment's override, else the default of config.yaml."""
-    picked = [a.split("=", 1)[1] for a in argv if a.startswith(f"{group}=")]
-    if picked:
-        return picked[-1]
-    conf = resources.files("genlab.conf")
-    for arg in reversed(argv):
-        if arg.startswith("experiment="):
-            name = arg.split("=", 1)[1]
-            experiment = OmegaConf.load(conf.joinpath("experiment", f"{name}.yaml").open())
-            for entry in experiment.get("defaults", []):
-                if isinstance(entry, DictConfig) and f"override /{group}" in entry:
-                    return entry[f"override /{group}"]
-    base = OmegaConf.load(conf.joinpath("config.yaml").open())
-    return next(e[group] for e in base.defaults if isinstance(e, DictConfig) and group in e)
+def _sweep_dir(hydra_cfg) -> str | None:
+    """The sweep dir of a multirun job (the loggers tag its runs with it), else ``None``."""
+    return str(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
 def foreign_key_hint(argv: list[str]) -> str | None:
     """Name the models a mistyped ``model.<key>`` override belongs to, when the chosen model
-    has no such key (``model.sampler`` on NICE belongs to the ODE models)."""
-    try:
-        configs, chosen = _model_configs(), _chosen("model", argv)
-    except (OSError, ValueError, StopIteration, KeyError):
-        return None
-    missing = object()
+    has no such key (``model.sampler`` on NICE belongs to the ODE models).
+
+    The chosen model is the one Hydra composes from the rest of the command line (an
+    experiment may pick it); ``None`` when that cannot be composed or no model owns the key.
+    """
+    parsed = []
     for arg in argv:
-        if not arg.startswith("model.") or "=" not in arg:
+        if arg.startswith("-") or "=" not in arg:
             continue
-        key = arg.split("=", 1)[0][len("model.") :]
-        owners = [
-            n
-            for n, c in configs.items()
-            if OmegaConf.select(c, key, default=missing) is not missing
-        ]
-        if owners and chosen not in owners:
-            owned = ", ".join(owners)
-            return f"genlab: model.{key} belongs to {owned}; model={chosen} has no such key"
+        try:
+            parsed.extend(OverridesParser.create().parse_overrides([arg]))
+        except Exception:  # noqa: BLE001 (not an override: Hydra reports it itself)
+            return None
+    model_keys = [o for o in parsed if o.key_or_group.startswith("model.")]
+    rest = [o.input_line for o in parsed if o not in model_keys and not o.is_sweep_override()]
+    if not model_keys:
+        return None
+    try:
+        chosen = compose_config(rest, hydra=True).hydra.runtime.choices.model
+        for override in model_keys:
+            key = override.key_or_group[len("model.") :]
+            owners = key_owners(key)
+            if owners and chosen not in owners:
+                owned = ", ".join(owners)
+                return f"genlab: model.{key} belongs to {owned}; model={chosen} has no such key"
+    except Exception:  # noqa: BLE001 (a hint is a courtesy: never mask the real error)
+        return None
     return None
+
+
+def version() -> str:
+    """``genlab 0.2.0 (hydra-core 1.3.2, torch 2.13.0+cpu)``: what ``genlab --version`` says."""
+    import hydra
+    import torch
+
+    import genlab
+
+    return (
+        f"genlab {genlab.__version__} (hydra-core {hydra.__version__}, torch {torch.__version__})"
+    )
 
 
 def main() -> None:
     """The ``genlab`` console script (also ``python -m genlab``)."""
+    if sys.argv[1:] == ["--version"]:
+        print(version())
+        return
     try:
         app()
     except SystemExit as e:

@@ -14,14 +14,13 @@ is in :mod:`genlab.plots`.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from genlab import plots
+from genlab import plots, scores
 from genlab.fit import TRAJECTORY_PATHS
 from genlab.models.base import Layered, Model, Transport
 
@@ -32,7 +31,6 @@ VIEW_POINTS = 5000  # data and model points in the sample scatter plots
 FLOW_POINTS = 300  # points moving in flow.gif
 FLOW_DATA = 2000  # grey data points behind them
 FLOW_DENSITY_EVERY = 4  # p_t behind them every 4th frame, interpolated (in log) in between
-W2_KEY = re.compile(r"w2_([a-z_]+?)(\d+)$")  # "w2_euler10": sampler euler, 10 steps
 
 
 class RunFigures:
@@ -75,7 +73,7 @@ class RunFigures:
         steps: int,
         records: Sequence[dict],
         w2_floor: float,
-        scores: Mapping[str, float] | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> None:
         """Every figure of the trained model.
 
@@ -83,8 +81,8 @@ class RunFigures:
             steps: optimiser steps in all, for the titles.
             records: per-stage records of a multi-stage model (``report`` and ``paths``).
             w2_floor: the data's own W2 noise floor, drawn on the quality figure.
-            scores: the run's metrics; their ``w2_<sampler><k>`` (end-of-run quality against
-                steps) are drawn beside the per-stage ones.
+            metrics: the run's metrics; their end-of-run scores of quality against steps are
+                drawn beside the per-stage ones.
         """
         model, bound, title = self.model, self.toy.bound, f"{self.title}, step {steps}"
         xs = self._samples()
@@ -100,7 +98,7 @@ class RunFigures:
             self._transport(title, records, dtype)
         if self.animate:
             self._animate(title, records, dtype)
-        curves = quality_curves(records, scores)
+        curves = quality_curves(records, metrics)
         if curves:
             plots.plot_quality_vs_steps(
                 curves,
@@ -161,22 +159,21 @@ class RunFigures:
 
 
 def quality_curves(
-    records: Sequence[dict], scores: Mapping[str, float] | None = None
+    records: Sequence[dict], metrics: Mapping[str, float] | None = None
 ) -> dict[str, dict[int, float]]:
-    """``{label: {steps: W2}}`` from the ``w2_<sampler><k>`` entries of per-stage reports and
-    of the end-of-run ``scores``.
+    """``{label: {steps: W2}}`` from the scores of per-stage reports and of the end-of-run
+    ``metrics`` (read by :func:`genlab.scores.read`).
 
     A per-stage label is the stage (``round k``), with the sampler's name when a model has
     several; an end-of-run label is the sampler's name.
     """
     curves: dict[str, dict[int, float]] = {}
-    samplers = {m.group(1) for r in records for key in r["report"] if (m := W2_KEY.match(key))}
-    for k, record in enumerate(records):
-        for key, value in record["report"].items():
-            if m := W2_KEY.match(key):
-                label = f"round {k}" if len(samplers) == 1 else f"{m.group(1)}, round {k}"
-                curves.setdefault(label, {})[int(m.group(2))] = value
-    for key, value in (scores or {}).items():
-        if m := W2_KEY.match(key):
-            curves.setdefault(m.group(1), {})[int(m.group(2))] = value
+    staged = [(k, score) for k, r in enumerate(records) for score in scores.read(r["report"])]
+    samplers = {score.sampler for _, score in staged}
+    for k, score in staged:
+        label = f"round {k}" if len(samplers) == 1 else f"{score.sampler}, round {k}"
+        curves.setdefault(label, {})[score.steps] = score.w2
+    for score in scores.read(metrics or {}):
+        if score.stage is None:
+            curves.setdefault(score.sampler, {})[score.steps] = score.w2
     return curves

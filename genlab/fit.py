@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from genlab import metrics
+from genlab import metrics, scores
 from genlab.errors import GenlabError
 from genlab.models.base import Model, Stage, Transport
 from genlab.runs import CHECKPOINT, resume_checkpoint, save_checkpoint
@@ -259,5 +259,5 @@ class Fit:
             out["train_nfe_first"] = sum(total[:k]) / k
             out["train_nfe_last"] = sum(total[-k:]) / k
         for k, record in enumerate(self.records):
-            out.update({f"round{k}_{key}": v for key, v in record["report"].items()})
+            out.update(scores.stage_entries(k, record["report"]))
         return out

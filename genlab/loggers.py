@@ -26,10 +26,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from PIL import Image
 
+from genlab.checks import check_int
 from genlab.errors import ConfigError
 from genlab.fit import Stopped
 
@@ -68,9 +67,10 @@ class Logger:
     """
 
     def __init__(self, every: int = 0) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ConfigError(f"logger.every must be an int >= 0, got {every!r}")
-        self.every = every
+        try:
+            self.every = check_int("logger.every", every, 0)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def open(self, run_dir: Path, name: str, tags: Mapping[str, str]) -> None:
         """Start logging the run called ``name`` whose files are in ``run_dir``."""
@@ -241,17 +241,19 @@ class RunLog:
     Arguments:
         logger: the run's logger.
         fit: the run's :class:`genlab.fit.Fit` (its config, run dir, history, model and data).
+        sweep: the sweep dir of a multirun job, logged as the run's ``sweep`` tag (``None``:
+            a single run).
     """
 
-    def __init__(self, logger: Logger, fit) -> None:
-        self.logger, self.fit = logger, fit
+    def __init__(self, logger: Logger, fit, sweep: str | None = None) -> None:
+        self.logger, self.fit, self.sweep = logger, fit, sweep
         self.logged = 0  # global step of the last row handed over
 
     def __enter__(self) -> RunLog:
         run_dir = self.fit.run_dir
         tags = {"run_dir": str(run_dir), "model": self.fit.model.name, "data": self.fit.toy.name}
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            tags["sweep"] = str(HydraConfig.get().sweep.dir)
+        if self.sweep is not None:
+            tags["sweep"] = self.sweep
         self.logger.open(run_dir, run_dir.name, tags)
         self.logger.log_params(flatten(self.fit.config))
         return self

@@ -6,7 +6,8 @@
   Euclidean costs, then a square root) between model and data samples, beside ``w2_floor``,
   the same distance between two independent data draws of the same size.
 - The floor: a model whose Jacobian determinant is constant (NICE) cannot get below a
-  per-data-set KL; it is reported beside its KL as ``nice_floor``.
+  per-data-set KL, which each toy states (``constant_log_det_floor``); it is reported beside
+  the model's KL as ``nice_floor``.
 - Quality against steps: W2 after k steps of each few-step sampler of a :class:`Transport`,
   beside the velocity evaluations (NFE) per sample that those k steps cost.
 - Cost: sampling seconds, NFE per sample (velocity evaluations of the batched solve), peak
@@ -26,14 +27,14 @@ import sys
 import time
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
+from genlab.checks import check_int
 from genlab.models.base import Model, Stage, Transport
+from genlab.scores import QualityScore, flatten
 
 __all__ = [
-    "CONSTANT_LOG_DET_FLOOR",
     "QUALITY_STEPS",
     "kl_to_truth",
     "kl_floor",
@@ -45,20 +46,6 @@ __all__ = [
     "machine",
     "evaluate",
 ]
-
-# The lowest KL (nats) that a flow with a constant Jacobian determinant and a Gaussian prior
-# can reach on each toy (shared/DESIGN.md, "The yardstick", given there to 4 decimals);
-# checkerboard's is exactly 1 - ln 2.
-CONSTANT_LOG_DET_FLOOR = {
-    "8gaussians": 0.0008,
-    "moons": 0.0358,
-    "checkerboard": 1 - math.log(2),
-    "2spirals": 0.0455,
-    "pinwheel": 0.0008,
-    "rings": 0.0303,
-    "circles": 0.0288,
-    "swissroll": 0.0278,
-}
 
 #: Step counts at which few-step samplers are scored.
 QUALITY_STEPS = (1, 2, 4, 10, 100)
@@ -93,6 +80,8 @@ def kl_to_truth(model: Model, toy, n: int = 20_000, generator=None) -> dict[str,
 
 def wasserstein2(x: Tensor, y: Tensor) -> float:
     """Exact W2 between the empirical measures of ``x`` (n, d) and ``y`` (m, d), uniform weights."""
+    import ot  # here, not at the top: POT imports scikit-learn, two seconds of every start
+
     a = x.detach().double().cpu().numpy()
     b = y.detach().double().cpu().numpy()
     cost = ot.dist(a, b, metric="sqeuclidean")
@@ -101,44 +90,50 @@ def wasserstein2(x: Tensor, y: Tensor) -> float:
 
 
 def kl_floor(model: Model, toy) -> dict[str, float]:
-    """``{"nice_floor": f}`` for a constant-Jacobian model on a toy with a known floor, else
-    ``{}``: the floor is a fact about the data and the model family."""
-    if model.constant_log_det and toy.name in CONSTANT_LOG_DET_FLOOR:
-        return {"nice_floor": CONSTANT_LOG_DET_FLOOR[toy.name]}
+    """``{"nice_floor": f}`` for a constant-Jacobian model on a toy that states its floor
+    (``toy.constant_log_det_floor``), else ``{}``: the floor is a fact about the data and the
+    model family."""
+    floor = getattr(toy, "constant_log_det_floor", None)  # a plug-in toy may not subclass Toy
+    if model.constant_log_det and floor is not None:
+        return {"nice_floor": floor}
     return {}
 
 
 @torch.no_grad()
 def quality_vs_steps(
-    model: Model, toy, generator=None, n: int = 2_000, steps: tuple[int, ...] = QUALITY_STEPS
-) -> dict[str, float]:
+    model: Model,
+    toy,
+    generator=None,
+    n: int = 2_000,
+    steps: tuple[int, ...] = QUALITY_STEPS,
+    stage: int | None = None,
+) -> list[QualityScore]:
     """W2 to ``n`` fresh data points after ``k`` steps of each few-step sampler of ``model``,
     and what those steps cost.
 
     Returns:
-        ``{"w2_<sampler><k>": W2, "nfe_<sampler><k>": NFE}`` for every sampler in
-        ``model.few_step_samplers`` and every ``k`` in ``steps`` (``w2_euler1``,
-        ``nfe_euler1``, ...): the NFE are the model's velocity (or network) evaluations per
-        sample, counted, not assumed (``k`` for Euler, ``4k`` for rk4); without an NFE count
-        (``model.nfe`` is ``None``) only W2. ``{}`` for a model that is not a Transport.
+        One :class:`genlab.scores.QualityScore` for every sampler in
+        ``model.few_step_samplers`` and every ``k`` in ``steps``, with the model's velocity
+        (or network) evaluations per sample, counted, not assumed (``k`` for Euler, ``4k``
+        for rk4; ``None`` when ``model.nfe`` is ``None``), labelled with ``stage``. Empty for
+        a model that is not a Transport.
 
     Every sampler at every step count starts from the same state of ``generator`` (the same
     noise), so differences along a curve are the sampler's, not those of another draw.
     """
     if not isinstance(model, Transport):
-        return {}
+        return []
     data = toy.sample(n, generator).to(model.device)
     start = None if generator is None else generator.get_state()
-    out = {}
+    out = []
     for name, keywords in model.few_step_samplers.items():
         for k in steps:
             if start is not None:  # common random numbers: the curves show the steps, not draws
                 generator.set_state(start)
             nfe0 = model.nfe
             xs = model.sample(n, generator, steps=k, **keywords)
-            out[f"w2_{name}{k}"] = wasserstein2(xs, data)
-            if nfe0 is not None:
-                out[f"nfe_{name}{k}"] = model.nfe - nfe0
+            nfe = None if nfe0 is None else model.nfe - nfe0
+            out.append(QualityScore(name, k, wasserstein2(xs, data), nfe, stage))
     return out
 
 
@@ -146,9 +141,10 @@ def stage_report(
     model: Model, stage: Stage, toy, generator, n: int, data: tuple[Tensor, ...] | None
 ) -> dict[str, float]:
     """What a multi-stage model is worth at the end of one stage: the stage's own diagnostics
-    (e.g. the rectified flow's straightness) and the quality of its few-step samplers."""
+    (e.g. the rectified flow's straightness) and the quality of its few-step samplers, as
+    flat entries (:func:`genlab.scores.flatten`)."""
     out = stage.report(generator, n, data) if stage.report is not None else {}
-    out.update(quality_vs_steps(model, toy, generator, n))
+    out.update(flatten(quality_vs_steps(model, toy, generator, n)))
     return out
 
 
@@ -159,8 +155,7 @@ def sampling_cost(
     warm-up (one draw of a fraction of a second is at the mercy of the machine), and the NFE
     per sample of the first timed draw. ``generator`` is left as one timed draw leaves it, so
     what is drawn from it afterwards does not depend on ``repeats``."""
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    check_int("repeats", repeats, 1)
     seconds, nfe, after_one = [], None, None
     with torch.no_grad():
         model.sample(min(n, 256), generator, **sample_kwargs)  # warm-up
@@ -236,5 +231,5 @@ def evaluate(
     out.update(sampling_cost(model, n_timing, gen))
     out.update(kl_floor(model, toy))
     if isinstance(model, Transport) and model.quality_steps:
-        out.update(quality_vs_steps(model, toy, gen, n_w2, model.quality_steps))
+        out.update(flatten(quality_vs_steps(model, toy, gen, n_w2, model.quality_steps)))
     return out

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from genlab.checks import check_choice, check_int, check_positive
+
 __all__ = ["ACTIVATIONS", "MLP", "TimeMLP", "check_fourier", "fourier_features", "get_activation"]
 
 Activation = Callable[[Tensor], Tensor]
@@ -64,9 +66,7 @@ def get_activation(name: str) -> tuple[Activation, Derivative]:
     Returns:
         The pair ``(f, f')`` of elementwise functions; ``f'`` takes ``(z, f(z))``.
     """
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+    return ACTIVATIONS[check_choice("activation", name, ACTIVATIONS)]
 
 
 def fourier_features(x: Tensor, b: Tensor | None) -> Tensor:
@@ -88,15 +88,8 @@ def fourier_features(x: Tensor, b: Tensor | None) -> Tensor:
 
 def check_fourier(fourier: int, fourier_scale: float) -> None:
     """Validate a number of Fourier features (an int >= 0) and their scale (> 0)."""
-    if isinstance(fourier, bool) or not isinstance(fourier, int) or fourier < 0:
-        raise ValueError(f"fourier must be an int >= 0, got {fourier!r}")
-    if not fourier_scale > 0:
-        raise ValueError(f"fourier_scale must be > 0, got {fourier_scale!r}")
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_int("fourier", fourier, 0)
+    check_positive("fourier_scale", fourier_scale)
 
 
 class MLP(nn.Module):
@@ -123,8 +116,8 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in [("in_dim", in_dim), ("out_dim", out_dim), ("hidden", hidden)]:
-            _check_positive_int(name, value)
-        _check_positive_int("depth", depth)
+            check_int(name, value, 1)
+        check_int("depth", depth, 1)
         self.activation = activation
         self.act, self.act_grad = get_activation(activation)
         widths = [in_dim] + [hidden] * depth + [out_dim]
@@ -190,14 +183,10 @@ class TimeMLP(nn.Module):
         fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        _check_positive_int("dim", dim)
+        check_int("dim", dim, 1)
         check_fourier(fourier, fourier_scale)
-        if time_embedding not in self.EMBEDDINGS:
-            raise ValueError(
-                f"unknown time embedding {time_embedding!r}; "
-                f"choose one of: {', '.join(self.EMBEDDINGS)}"
-            )
-        _check_positive_int("frequencies", frequencies)
+        check_choice("time embedding", time_embedding, self.EMBEDDINGS)
+        check_int("frequencies", frequencies, 1)
         self.dim = dim
         self.time_embedding = time_embedding
         self.frequencies = frequencies

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
+from genlab.checks import check_choice, check_int, check_positive
+
 __all__ = [
     "SOLVERS",
     "DIVERGENCES",
@@ -66,16 +68,11 @@ class Solver:
     max_steps: int = 10_000
 
     def __post_init__(self) -> None:
-        if self.method not in SOLVERS:
-            raise ValueError(f"unknown solver {self.method!r}; choose one of: {', '.join(SOLVERS)}")
-        for name in ("steps", "max_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not (self.atol > 0 and self.rtol > 0):
-            raise ValueError(
-                f"atol and rtol must be > 0, got atol={self.atol!r}, rtol={self.rtol!r}"
-            )
+        check_choice("solver", self.method, SOLVERS)
+        check_int("steps", self.steps, 1)
+        check_int("max_steps", self.max_steps, 1)
+        check_positive("atol", self.atol)
+        check_positive("rtol", self.rtol)
 
     @property
     def adaptive(self) -> bool:
@@ -206,19 +203,18 @@ def divergence(
         squared Frobenius norm ``||J||_F^2`` (its estimate ``|eps^T J|^2`` for Hutchinson,
         unbiased for noise with identity covariance).
     """
+    check_choice("divergence", method, DIVERGENCES)
     if method == "exact":
         if hasattr(field, "forward_with_jacobian"):
             v, jac = field.forward_with_jacobian(t, x)
         else:
             v, jac = _batch_jacobian(field, t, x)
         return v, jac.diagonal(dim1=1, dim2=2).sum(-1), jac.pow(2).sum((1, 2))
-    if method == "hutchinson":
-        if noise is None or noise.shape != x.shape:
-            shape = None if noise is None else tuple(noise.shape)
-            raise ValueError(f"hutchinson needs noise of shape {tuple(x.shape)}, got {shape}")
-        v, e_jac = _vjp(field, t, x, noise)
-        return v, (e_jac * noise).sum(-1), e_jac.pow(2).sum(-1)
-    raise ValueError(f"unknown divergence {method!r}; choose one of: {', '.join(DIVERGENCES)}")
+    if noise is None or noise.shape != x.shape:
+        shape = None if noise is None else tuple(noise.shape)
+        raise ValueError(f"hutchinson needs noise of shape {tuple(x.shape)}, got {shape}")
+    v, e_jac = _vjp(field, t, x, noise)
+    return v, (e_jac * noise).sum(-1), e_jac.pow(2).sum(-1)
 
 
 class _Dynamics(nn.Module):
@@ -428,15 +424,9 @@ def transport_logdet(
     Returns:
         A :class:`Solution` with ``x`` (B, D) at ``t1``, ``delta_logp`` (B,), and with
         ``regularize`` also ``kinetic`` and ``jacobian_frobenius`` (B,).
-
-    References:
-        Grathwohl et al. (2019), FFJORD; Finlay et al. (2020), "How to train your neural ODE".
     """
     _check_inputs(field, x, solver)
-    if divergence not in DIVERGENCES:
-        raise ValueError(
-            f"unknown divergence {divergence!r}; choose one of: {', '.join(DIVERGENCES)}"
-        )
+    check_choice("divergence", divergence, DIVERGENCES)
     ts = _time_grid(t0, t1, None, x)
     noise = _rademacher(x, generator) if divergence == "hutchinson" else None
     dynamics = _Dynamics(
@@ -451,11 +441,6 @@ def transport_logdet(
     )
     zeros = x.new_zeros(x.shape[0])
     y0 = (x, zeros, zeros, zeros) if regularize else (x, zeros)
-    final = [state[-1] for state in _solve(dynamics, y0, ts, solver)]
-    return Solution(
-        x=final[0],
-        delta_logp=final[1],
-        kinetic=final[2] if regularize else None,
-        jacobian_frobenius=final[3] if regularize else None,
-        nfe=dynamics.nfe,
-    )
+    x1, delta_logp, *regularizers = (state[-1] for state in _solve(dynamics, y0, ts, solver))
+    kinetic, frobenius = regularizers or (None, None)
+    return Solution(x1, delta_logp, kinetic, jacobian_frobenius=frobenius, nfe=dynamics.nfe)

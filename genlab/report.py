@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -28,13 +27,14 @@ import numpy as np
 import torch
 import yaml
 from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
 from matplotlib.animation import PillowWriter
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 from PIL import Image, ImageSequence
 
-from genlab import plots
-from genlab.data import get_toy
+from genlab import plots, scores
 from genlab.ode import SOLVERS
 from genlab.plots import FPS, GIF_DPI
 from genlab.runs import ERROR_FILE
@@ -254,6 +254,21 @@ def leaderboard_markdown(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n" + speed_markdown(runs, medians, slow)
 
 
+def _toy(root: Path, runs: list[dict]):
+    """The data set of ``runs``, built from the first run's own config (``.hydra/config.yaml``,
+    its ``data`` node), so a toy from outside genlab shows as any other; ``None`` (with a
+    warning) when no run's config builds it."""
+    for m in runs:
+        path = root / m["run"] / ".hydra" / "config.yaml"
+        try:
+            return instantiate(OmegaConf.load(path).data)
+        except Exception as e:  # noqa: BLE001 (the gallery still shows the models)
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if runs:
+        log.warning("gallery: no data points for %s (%s)", runs[0]["data"], reason)
+    return None
+
+
 def draw_gallery(root: Path, runs: list[dict]) -> Figure:
     """One column per data set: the data on top, then each model's samples and density.
 
@@ -272,11 +287,13 @@ def draw_gallery(root: Path, runs: list[dict]) -> Figure:
         ax.set_aspect("equal")
     by_key = {(m["data"], m["model"]): m for m in runs}
     for j, data in enumerate(datas):
-        toy = get_toy(data)
-        b = toy.bound
-        x = toy.sample(2000, torch.Generator().manual_seed(0)).numpy()
-        axes[0, j].scatter(x[:, 0], x[:, 1], s=0.5, color="0.2", rasterized=True)
-        axes[0, j].set(xlim=(-b, b), ylim=(-b, b), title=data)
+        toy = _toy(root, [m for m in runs if m["data"] == data])
+        axes[0, j].set_title(data)
+        if toy is not None:
+            b = toy.bound
+            x = toy.sample(2000, torch.Generator().manual_seed(0)).numpy()
+            axes[0, j].scatter(x[:, 0], x[:, 1], s=0.5, color="0.2", rasterized=True)
+            axes[0, j].set(xlim=(-b, b), ylim=(-b, b))
         for i, model in enumerate(models):
             ax_s, ax_d = axes[1 + 2 * i, j], axes[2 + 2 * i, j]
             if j == 0:
@@ -335,27 +352,20 @@ def animate_gallery(root: Path, runs: list[dict], path: Path) -> None:
             writer.grab_frame()
 
 
-QUALITY_KEY = re.compile(r"(?:round(\d+)_)?w2_([a-z_]+?)(\d+)")  # round1_w2_euler10
-
-
 def quality_points(run: dict) -> dict[str, dict[float, float]]:
-    """``{label: {NFE: W2}}`` from one run's few-step scores.
+    """``{label: {NFE: W2}}`` from one run's few-step scores (:func:`genlab.scores.read`).
 
-    ``w2_<sampler><k>`` with its ``nfe_<sampler><k>`` gives the curve ``<model>, <sampler>``;
-    per-stage scores ``round<r>_w2_<sampler><k>`` give ``<model> round <r>, <sampler>``. An ODE
-    solver's name is marked ``(ODE)``. Scores without a recorded NFE are left out: the cost of
-    a step is counted by the run, never assumed here.
+    End-of-run scores give the curve ``<model>, <sampler>``; per-stage scores give
+    ``<model> round <r>, <sampler>``. An ODE solver's name is marked ``(ODE)``. Scores without
+    a recorded NFE are left out: the cost of a step is counted by the run, never assumed here.
     """
     curves: dict[str, dict[float, float]] = {}
-    for key, w2 in run.items():
-        m = QUALITY_KEY.fullmatch(key)
-        nfe = run.get(key.replace("w2_", "nfe_", 1)) if m else None
-        if not isinstance(nfe, int | float) or not isinstance(w2, int | float):
+    for score in scores.read(run):
+        if score.nfe is None:
             continue
-        stage, sampler = m.group(1), m.group(2)
-        label = run["model"] if stage is None else f"{run['model']} round {stage}"
-        label += f", {sampler}" + (" (ODE)" if sampler in SOLVERS else "")
-        curves.setdefault(label, {})[nfe] = w2
+        label = run["model"] if score.stage is None else f"{run['model']} round {score.stage}"
+        label += f", {score.sampler}" + (" (ODE)" if score.sampler in SOLVERS else "")
+        curves.setdefault(label, {})[score.nfe] = score.w2
     return curves
 
 

@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from genlab.checks import check_int
 from genlab.data import Toy
 from genlab.errors import CheckpointError, RunDirError
 from genlab.models.base import Model
@@ -284,12 +285,13 @@ def resume_checkpoint(run_dir: str | Path, model: nn.Module, config: Mapping, st
             f"{path} holds a {held['_target_']} model whose weights do not fit the one the "
             f"config asks for ({what}): {advice}"
         ) from None
-    stage = ckpt["stage"]
-    if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < stages:
+    try:
+        check_int("stage", ckpt["stage"], 0, stages - 1)
+    except ValueError:
         raise CheckpointError(
-            f"{path} stopped in training stage {stage!r}, but the config's model trains in "
-            f"{stages} stage(s) (model.reflow?): {advice}"
-        )
+            f"{path} stopped in training stage {ckpt['stage']!r}, but the config's model trains "
+            f"in {stages} stage(s) (model.reflow?): {advice}"
+        ) from None
     return ckpt
 
 
@@ -347,9 +349,9 @@ def check_resume(run_dir: str | Path, config: Mapping) -> list[str]:
 
     Compares the checkpoint's config with ``config`` over ``model``, ``data``, ``seed`` and
     ``train``, except :data:`RESUMABLE_CHANGES`; ``eval``, ``plots``, ``logger``, ``device``
-    and ``threads`` may change freely. A key one side lacks (a checkpoint written before a
-    setting existed, or after one was removed) is not an error: it is returned, so the caller
-    can say that the config's value applies. Reads the file only; writes nothing.
+    and ``threads`` may change freely. A key one side lacks (a setting that the checkpoint's
+    genlab did not have, or that this one does not have) is not an error: it is returned, so
+    the caller can say that the config's value applies. Reads the file only; writes nothing.
 
     Arguments:
         run_dir: a run dir holding ``model.pt``.

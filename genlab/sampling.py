@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from genlab.checks import check_int, check_positive
 from genlab.ode import SOLVERS, Solver
 
 __all__ = ["Sampler", "as_sampler", "marginal_sde"]
@@ -64,8 +65,7 @@ class Sampler:
         _ = self.ode_solver  # building the solver checks steps, atol and rtol
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta!r}")
-        if not self.noise >= 0.0:
-            raise ValueError(f"noise must be >= 0, got {self.noise!r}")
+        check_positive("noise", self.noise, zero=True)
 
     @property
     def is_ode(self) -> bool:
@@ -92,8 +92,8 @@ class Sampler:
 
 
 def as_sampler(sampler: Sampler | Solver) -> Sampler:
-    """``sampler`` itself, or the :class:`Sampler` of an ODE :class:`Solver` (configs and
-    checkpoints written before samplers had more than solvers)."""
+    """``sampler`` itself, or the :class:`Sampler` of an ODE :class:`Solver` (a config or a
+    checkpoint may name a plain solver as its sampler)."""
     if isinstance(sampler, Sampler):
         return sampler
     if isinstance(sampler, Solver):
@@ -125,8 +125,7 @@ def marginal_sde(
     Returns:
         The state at t=1, (B, D).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    check_int("steps", steps, 1)
     h = 1.0 / steps
     for i in range(steps):
         t = torch.tensor(i * h, dtype=x.dtype, device=x.device)

@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from genlab.checks import check_choice, check_int, check_positive
 from genlab.errors import Diverged
 from genlab.models.base import Model
 
@@ -70,11 +71,22 @@ class History:
         ]
 
 
-def _check_positive_int(name: str, value, allow_zero: bool = False) -> int:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
+@dataclass(slots=True)
+class StepResult:
+    """What one step of :meth:`Trainer.fit` produced, for its history row, bar and log line.
+
+    Attributes:
+        loss: the step's loss.
+        lr: the learning rate it stepped at.
+        solved: whether the step solved an ODE (the CNF); the NFE are meaningless otherwise.
+        nfe_forward, nfe_backward: velocity evaluations of the loss and of its backward pass.
+    """
+
+    loss: float = 0.0
+    lr: float = 0.0
+    solved: bool = False
+    nfe_forward: int = 0
+    nfe_backward: int = 0
 
 
 class Trainer:
@@ -109,17 +121,12 @@ class Trainer:
         round_: int = 0,
         desc: str = "train",
     ) -> None:
-        _check_positive_int("train.steps", steps)
-        _check_positive_int("train.warmup_steps", warmup_steps, allow_zero=True)
-        _check_positive_int("train.log_every", log_every, allow_zero=True)
-        if schedule not in SCHEDULES:
-            raise ValueError(
-                f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}"
-            )
-        if not lr > 0:
-            raise ValueError(f"train.lr must be > 0, got {lr!r}")
-        if max_seconds is not None and not max_seconds > 0:
-            raise ValueError(f"train.max_seconds must be > 0 or null, got {max_seconds!r}")
+        check_int("train.steps", steps, 1)
+        check_int("train.warmup_steps", warmup_steps, 0)
+        check_int("train.log_every", log_every, 0)
+        check_choice("schedule", schedule, SCHEDULES)
+        check_positive("train.lr", lr)
+        check_positive("train.max_seconds", max_seconds, none=True)
         self.model = model
         self.steps, self.schedule, self.warmup_steps = steps, schedule, warmup_steps
         self.grad_clip = grad_clip or None
@@ -183,9 +190,19 @@ class Trainer:
                 ``fit`` with the step complete, so a checkpoint taken then resumes exactly.
         """
         loss_fn = loss_fn or self.model.loss
-        model = self.model
-        model.train()
-        bar = tqdm(
+        self.model.train()
+        result = StepResult()  # refilled by every step: the loop allocates no record of its own
+        with self._progress_bar() as bar, logging_redirect_tqdm():
+            while not self.done:
+                self._after(self._step(next_batch, loss_fn, result), history, bar, hooks)
+                if should_stop is not None and should_stop():
+                    break
+        if self.done and self.step < self.steps:
+            log.info("%s stopped at step %d: train.max_seconds reached", self.desc, self.step)
+        self.model.eval()
+
+    def _progress_bar(self) -> tqdm:
+        return tqdm(
             total=self.steps,
             initial=self.step,
             desc=self.desc,
@@ -193,64 +210,89 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=0.5,
         )
-        with bar, logging_redirect_tqdm():
-            while not self.done:
-                start = time.perf_counter()
-                nfe0 = model.nfe
-                loss = loss_fn(*next_batch())
-                nfe1 = model.nfe
-                lr = self.current_lr()
-                value = loss.item()  # the one synchronisation of the step (honest CUDA timing)
-                if not math.isfinite(value):
-                    raise Diverged(
-                        f"{self.desc}: loss is {value} at step {self.step + 1}; "
-                        f"try a lower train.lr (now {lr:.3g}) or gradient clipping"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nfe2 = model.nfe
-                if self.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.optimizer.step()
-                model.after_step()
-                self.seconds += time.perf_counter() - start
-                self.step += 1
-                # NFE only where the step solved an ODE (the CNF); elsewhere not applicable.
-                solved = nfe0 is not None and nfe2 > nfe0
-                history.rows.append(
-                    {
-                        "round": self.round,
-                        "step": self.step,
-                        "loss": f"{value:.6g}",
-                        "lr": f"{lr:.6g}",
-                        "seconds": f"{self.seconds:.4f}",
-                        "nfe_forward": nfe1 - nfe0 if solved else "",
-                        "nfe_backward": nfe2 - nfe1 if solved else "",
-                    }
-                )
-                if self.progress:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-                first_or_last = self.step in (1, self.steps)
-                if self.log_every and (first_or_last or self.step % self.log_every == 0):
-                    nfe = f"  nfe {nfe1 - nfe0}+{nfe2 - nfe1}" if solved else ""
-                    log.info(
-                        "%s step %d/%d  loss %.4f  lr %.2e  %.1f steps/s%s",
-                        self.desc,
-                        self.step,
-                        self.steps,
-                        value,
-                        lr,
-                        self.step / self.seconds,
-                        nfe,
-                    )
-                for every, hook in hooks:
-                    if every and self.step % every == 0:
-                        hook(self)
-                if should_stop is not None and should_stop():
-                    break
-        if self.done and self.step < self.steps:
-            log.info("%s stopped at step %d: train.max_seconds reached", self.desc, self.step)
-        model.eval()
+
+    def _step(
+        self,
+        next_batch: Callable[[], Sequence[Tensor]],
+        loss_fn: Callable[..., Tensor],
+        result: StepResult,
+    ) -> StepResult:
+        """One optimiser step on the next batch, timed from drawing the batch to the model's
+        ``after_step``; fills ``result`` and returns it. Raises :class:`Diverged` on a
+        non-finite loss, before any update."""
+        start = time.perf_counter()
+        model = self.model
+        nfe0 = model.nfe
+        loss = loss_fn(*next_batch())
+        nfe1 = model.nfe
+        lr = self.current_lr()
+        value = loss.item()  # the one synchronisation of the step (honest CUDA timing)
+        if not math.isfinite(value):
+            raise Diverged(
+                f"{self.desc}: loss is {value} at step {self.step + 1}; "
+                f"try a lower train.lr (now {lr:.3g}) or gradient clipping"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nfe2 = model.nfe
+        self._update(lr)
+        self.seconds += time.perf_counter() - start
+        self.step += 1
+        result.loss, result.lr = value, lr
+        # NFE only where the step solved an ODE (the CNF); elsewhere not applicable.
+        result.solved = nfe0 is not None and nfe2 > nfe0
+        if result.solved:
+            result.nfe_forward, result.nfe_backward = nfe1 - nfe0, nfe2 - nfe1
+        return result
+
+    def _update(self, lr: float) -> None:
+        """Clip the gradients, step the optimiser at ``lr`` and let the model follow (EMA)."""
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.model.after_step()
+
+    def _after(
+        self,
+        result: StepResult,
+        history: History,
+        bar: tqdm,
+        hooks: Sequence[tuple[int, Callable[[Trainer], None]]],
+    ) -> None:
+        """Record a finished step: its history row, the bar, the log line, the hooks due."""
+        history.rows.append(self._row(result))
+        if self.progress:
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)
+        if self.log_every and (self.step in (1, self.steps) or self.step % self.log_every == 0):
+            self._log(result)
+        for every, hook in hooks:
+            if every and self.step % every == 0:
+                hook(self)
+
+    def _row(self, result: StepResult) -> dict:
+        """The step's row of ``history.csv`` (see :data:`HISTORY_FIELDS`)."""
+        return {
+            "round": self.round,
+            "step": self.step,
+            "loss": f"{result.loss:.6g}",
+            "lr": f"{result.lr:.6g}",
+            "seconds": f"{self.seconds:.4f}",
+            "nfe_forward": result.nfe_forward if result.solved else "",
+            "nfe_backward": result.nfe_backward if result.solved else "",
+        }
+
+    def _log(self, result: StepResult) -> None:
+        nfe = f"  nfe {result.nfe_forward}+{result.nfe_backward}" if result.solved else ""
+        log.info(
+            "%s step %d/%d  loss %.4f  lr %.2e  %.1f steps/s%s",
+            self.desc,
+            self.step,
+            self.steps,
+            result.loss,
+            result.lr,
+            self.step / self.seconds,
+            nfe,
+        )

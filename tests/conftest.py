@@ -8,17 +8,11 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-MODELS = ("nice", "cnf", "rectified_flow", "diffusion")
-DATASETS = (
-    "8gaussians",
-    "moons",
-    "checkerboard",
-    "2spirals",
-    "pinwheel",
-    "rings",
-    "circles",
-    "swissroll",
-)
+from genlab.configs import data_options, model_options
+
+# The shipped models and toys: the options of the model and data config groups.
+MODELS = tuple(model_options())
+DATASETS = tuple(data_options())
 
 # A few steps, small nets and small evaluation sets: every model runs end to end in seconds.
 # No flow.gif (3 s a run): the tests of the animation ask for it with plots.animate=true.

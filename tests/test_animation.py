@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from genlab import plots
-from genlab.train import train
+from genlab.runner import train
 from tests.conftest import tiny_overrides
 
 

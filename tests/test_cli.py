@@ -93,17 +93,9 @@ def test_cli_run_writes_every_output(tmp_path, model, extra, files):
             assert all(metrics[f"w2_{sampler}{k}"] > 0 for k in (1, 10, 1000))
 
 
-def test_cli_rejects_bad_values_with_one_clear_line(tmp_path):
-    cmd = [sys.executable, "-m", "genlab", "train.steps=0", f"hydra.run.dir={tmp_path}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
-    assert "train.steps must be an int >= 1, got 0" in done.stderr
-    assert not (tmp_path / "metrics.json").exists()
-
-
+# A one-stage run stopped and resumed is compared with an uninterrupted one by the signal tests
+# of test_lifecycle.py; here a run stopped in a later stage (a reflow round).
 RESUME_CASES = {
-    # interrupted in round 0 at step 6, resumed from the checkpoint at step 4
-    "nice": (["train.steps=10"], 10),
     # round 0 has 4 steps; interrupted in reflow round 1 at step 6, resumed from its step 4
     "rectified_flow": (["train.steps=4", "model.reflow=1", "model.reflow_steps=8"], 12),
 }
@@ -112,7 +104,7 @@ RESUME_CASES = {
 @pytest.mark.parametrize("model", list(RESUME_CASES))
 def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch, model):
     """An interrupted run resumed from its checkpoint ends with the same weights."""
-    from genlab import train as train_module
+    from genlab import runner as train_module
 
     extra, total = RESUME_CASES[model]
     overrides = [*tiny_overrides(model), *extra, "train.checkpoint_every=4"]

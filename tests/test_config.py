@@ -1,18 +1,21 @@
 """Hydra configs: every model x data pair composes and instantiates; bad input fails clearly."""
 
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from genlab.loggers import Logger
 from genlab.models.base import Model
-from genlab.train import train
+from genlab.runner import train
 from tests.conftest import DATASETS, MODELS, tiny_overrides
 
-LOGGERS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "logger").glob("*.yaml"))
+ROOT = Path(__file__).parents[1]
+LOGGERS = sorted(p.stem for p in (ROOT / "conf" / "logger").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("data", DATASETS)
@@ -62,8 +65,7 @@ def test_compare_experiment_sweeps_everything_on_a_time_budget():
         cfg = compose("config", overrides=["experiment=compare"], return_hydra_config=True)
     GlobalHydra.instance().clear()
     params = cfg.hydra.sweeper.params
-    assert params.model.split(",") == list(MODELS)
-    assert params.data.split(",") == list(DATASETS)
+    assert params.model == params.data == "glob(*)"  # every option of each group
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.plots.animate is False  # no flow.gif: every second goes to training
     # every model gets the same minute; with four models the sweep trains for 16 minutes
@@ -119,3 +121,57 @@ def test_bad_values_fail_before_writing(compose_cfg, tmp_path, override, message
     with pytest.raises(ValueError, match=message):
         train(cfg, run_dir)
     assert not run_dir.exists()
+
+
+def _targets(node, where: str):
+    """Every ``_target_`` node under ``node`` with its dotted path."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield where, node
+        for key, value in node.items():
+            yield from _targets(value, f"{where}.{key}")
+
+
+def test_every_model_config_has_one_shape():
+    """A model config is a global package with the model under ``model:`` and its own budget
+    under ``train:``, and nothing else."""
+    for path in sorted((ROOT / "conf" / "model").glob("*.yaml")):
+        text = path.read_text()
+        assert text.startswith("# @package _global_\n"), path.name
+        node = OmegaConf.load(path)
+        assert set(node) == {"model", "train"}, path.name
+        assert "_target_" in node.model and isinstance(node.train.steps, int), path.name
+
+
+def test_no_python_default_competes_with_a_model_config():
+    """The classes a model config builds have, for every argument it sets, no default or the
+    same one, so ``NICE()`` is the shipped NICE; building blocks that several models share
+    with other settings (nets, solvers, samplers) are set in full by each config instead."""
+    nodes = {
+        f"{path.stem}{where}": node
+        for path in sorted((ROOT / "conf" / "model").glob("*.yaml"))
+        for where, node in _targets(OmegaConf.load(path).model, "")
+    }
+    users: dict[str, set[str]] = {}
+    for name, node in nodes.items():
+        users.setdefault(node._target_, set()).add(name.split(".")[0])
+    for name, node in nodes.items():
+        if len(users[node._target_]) > 1:
+            continue  # a shared building block
+        signature = inspect.signature(get_class(node._target_))
+        for key, value in node.items():
+            if key == "_target_" or isinstance(value, DictConfig):
+                continue
+            default = signature.parameters[key].default
+            if default is not inspect.Parameter.empty:
+                assert default == value, f"{name}.{key}: Python default {default!r}, YAML {value!r}"
+
+
+def test_a_model_built_from_its_signature_is_the_shipped_one(compose_cfg):
+    torch.manual_seed(0)
+    shipped = instantiate(compose_cfg(["model=nice"]).model)
+    torch.manual_seed(0)
+    plain = get_class("genlab.models.NICE")()
+    assert str(shipped) == str(plain)
+    state = plain.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in shipped.state_dict().items())

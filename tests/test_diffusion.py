@@ -11,13 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from genlab.data import get_toy
+from genlab.configs import get_toy
 from genlab.metrics import quality_vs_steps
 from genlab.models import Diffusion
 from genlab.models.diffusion import COSINE_END, LOG_SNR_SCALE, ProbabilityFlow, VPSchedule
 from genlab.nn import TimeMLP
 from genlab.ode import Solver
 from genlab.sampling import Sampler
+from genlab.scores import flatten
 
 TIGHT = Solver("dopri5", atol=1e-9, rtol=1e-9)
 F64 = torch.float64
@@ -224,7 +225,8 @@ def test_sampling_is_seeded(method):
 def test_quality_vs_steps_counts_the_evaluations_of_each_sampler():
     model = random_model(seed=5)
     model.few_step_samplers = {**model.few_step_samplers, "runge_kutta": {"method": "rk4"}}
-    out = quality_vs_steps(model, get_toy("moons"), torch.Generator().manual_seed(0), 50, (1, 3))
+    scores = quality_vs_steps(model, get_toy("moons"), torch.Generator().manual_seed(0), 50, (1, 3))
+    out = flatten(scores)
     per_step = {"ancestral": 1, "ddim": 1, "euler": 1, "runge_kutta": 4}
     assert out.keys() == {f"{m}_{s}{k}" for m in ("w2", "nfe") for s in per_step for k in (1, 3)}
     assert all(out[f"nfe_{s}{k}"] == n * k for s, n in per_step.items() for k in (1, 3))
@@ -260,7 +262,7 @@ def test_bad_settings_name_the_value_and_the_choices():
     net = TimeMLP(2, 8, 1)
     with pytest.raises(
         ValueError,
-        match="unknown sampler 'ddpm' for diffusion; choose one of: ancestral, ddim, sde",
+        match="unknown diffusion sampler 'ddpm'; choose one of: ancestral, ddim, sde",
     ):
         Diffusion(net, VPSchedule(), Sampler("ddpm"), Solver())
     with pytest.raises(

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import open_dict
 
 import genlab
-from genlab.data import get_toy
+from genlab import knobs
+from genlab.configs import check_additions, compose_config, get_toy
 from genlab.errors import ConfigError
 from genlab.metrics import kl_to_truth
-from genlab.train import train
+from genlab.runner import train
 from tests.conftest import MODELS, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +78,14 @@ def test_the_readme_states_each_models_own_training_budget(compose_cfg):
         ("+plots.animat=false", "unknown key plots.animat; did you mean plots.animate?"),
     ],
 )
-def test_keys_added_with_plus_are_checked(compose_cfg, tmp_path, override, message):
+def test_keys_added_with_plus_are_checked(override, message):
+    cfg = compose_config([*tiny_overrides("nice"), override], hydra=True)
+    runtime = cfg.hydra
+    with open_dict(cfg):
+        del cfg["hydra"]
     with pytest.raises(ConfigError, match=re.escape(message)):
-        train(compose_cfg([*tiny_overrides("nice"), override]), tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+        check_additions(cfg, runtime.overrides.task, list(runtime.runtime.choices))
+    check_additions(cfg, ["+story=diffusion"], ["story"])  # an added config group passes
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -128,3 +134,10 @@ def test_the_metrics_file_holds_full_precision(compose_cfg, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == out
     assert saved["nice_floor"] == 1 - math.log(2)  # checkerboard's floor, exactly
+
+
+def test_the_knobs_page_is_generated_from_the_configs():
+    """docs/knobs.md is what ``python -m genlab.knobs`` prints: regenerate it after a change
+    to conf/."""
+    assert (ROOT / "docs" / "knobs.md").read_text() == knobs.markdown()
+    assert "| `model.couplings` | `16` |" in knobs.markdown()  # NICE's, from its config

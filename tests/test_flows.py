@@ -234,9 +234,9 @@ def test_bad_input():
         CNF(v, Solver(), Solver(), Solver(), divergence="trace")
     with pytest.raises(ValueError, match="unknown solver 'eulr'"):
         Solver("eulr")
-    with pytest.raises(ValueError, match="unknown sampler 'sde' for cnf; choose one of: dopri5"):
+    with pytest.raises(ValueError, match="unknown cnf sampler 'sde'; choose one of: dopri5"):
         CNF(v, Solver(), Solver(), Solver()).sample(3, method="sde")
-    with pytest.raises(ValueError, match="unknown sampler 'ddim' for rectified_flow; choose one"):
+    with pytest.raises(ValueError, match="unknown rectified_flow sampler 'ddim'; choose one"):
         RectifiedFlow(v, Sampler("ddim"), Solver())
     with pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got 2"):
         CNF(v, Solver(), Solver(), Solver()).log_prob(torch.zeros(2, 2), t=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, tiny_overrides
+from tests.conftest import tiny_overrides
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 ENV.pop("HYDRA_FULL_ERROR", None)
@@ -24,24 +25,43 @@ def genlab(*args, cwd=None, env=ENV, timeout=300) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
-def test_runs_started_together_keep_both_outputs(tmp_path):
-    """Two runs launched in the same second get two dirs (the default run dir is unique)."""
-    cmd = [sys.executable, "-m", "genlab", *TINY, "model.couplings=2", "model.hidden=16"]
+@pytest.fixture(scope="module")
+def started_together(tmp_path_factory) -> Path:
+    """A dir from which two tiny NICE runs (moons, 8gaussians) were launched at once, each in
+    the default run dir; the tests that need a finished run copy the moons one."""
+    cwd = tmp_path_factory.mktemp("together")
+    overrides = [o for o in tiny_overrides("nice") if not o.startswith("data=")]
+    cmd = [sys.executable, "-m", "genlab", *overrides]
     procs = [
-        subprocess.Popen([*cmd, f"data={d}"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE)
+        subprocess.Popen([*cmd, f"data={d}"], cwd=cwd, env=ENV, stderr=subprocess.PIPE)
         for d in ("moons", "8gaussians")
     ]
     for p in procs:
-        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-2000:]
+    return cwd
+
+
+def finished_run(started_together: Path, dst: Path) -> Path:
+    """A copy at ``dst`` of the finished tiny NICE run on moons."""
+    (src,) = [
+        p.parent
+        for p in started_together.glob("outputs/*/*/metrics.json")
+        if json.loads(p.read_text())["data"] == "moons"
+    ]
+    return Path(shutil.copytree(src, dst))
+
+
+def test_runs_started_together_keep_both_outputs(started_together):
+    """Two runs launched in the same second get two dirs (the default run dir is unique)."""
     found = sorted(
-        json.loads(p.read_text())["data"] for p in tmp_path.glob("outputs/*/*/metrics.json")
+        json.loads(p.read_text())["data"] for p in started_together.glob("outputs/*/*/metrics.json")
     )
     assert found == ["8gaussians", "moons"]
 
 
-def test_a_dir_holding_a_run_is_refused_and_left_untouched(tmp_path):
-    run = tmp_path / "run"
-    assert genlab(*tiny_overrides("nice"), f"hydra.run.dir={run}").returncode == 0
+def test_a_dir_holding_a_run_is_refused_and_left_untouched(tmp_path, started_together):
+    run = finished_run(started_together, tmp_path / "run")
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     done = genlab(*tiny_overrides("nice", "8gaussians"), f"hydra.run.dir={run}")
     assert done.returncode == 2
@@ -50,10 +70,9 @@ def test_a_dir_holding_a_run_is_refused_and_left_untouched(tmp_path):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
-def test_resuming_with_other_settings_is_refused_before_hydra_writes(tmp_path):
+def test_resuming_with_other_settings_is_refused_before_hydra_writes(tmp_path, started_together):
     """The refusal comes from the preflight, so the run's own .hydra/config.yaml survives."""
-    run = tmp_path / "run"
-    assert genlab(*tiny_overrides("nice"), f"hydra.run.dir={run}").returncode == 0
+    run = finished_run(started_together, tmp_path / "run")
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     done = genlab(
         *tiny_overrides("nice"), "train.lr=0.01", "train.resume=true", f"hydra.run.dir={run}"
@@ -79,7 +98,6 @@ def test_an_unwritable_run_dir_gives_one_line(tmp_path):
     "override,message",
     [
         ("train.lr=-1", "train.lr must be > 0, got -1"),
-        ("train.steps=0", "train.steps must be an int >= 1, got 0"),
         ("model.couplings=abc", "model: couplings must be an int >= 1, got 'abc'"),
         ("device=cuda:7", "CUDA is not available"),
     ],
@@ -99,13 +117,17 @@ def test_full_error_keeps_the_traceback(tmp_path):
     assert done.returncode != 0 and "Traceback" in done.stderr
 
 
+# Long enough that the signal, sent once step 300 is logged, lands well before the end.
+SIGNAL_STEPS = 2000
 SIGNAL_RUN = [
     *tiny_overrides("nice"),
     "threads=1",
-    "train.steps=6000",
+    f"train.steps={SIGNAL_STEPS}",
     "train.log_every=100",
     "train.checkpoint_every=0",
 ]
+# What an uninterrupted run and a resumed one must share (timings and memory differ).
+SAME_METRICS = ("nll", "test_entropy", "kl", "kl_se", "w2", "w2_floor", "params", "steps")
 
 
 def _signal_mid_run(run: Path, sig: int) -> subprocess.CompletedProcess:
@@ -128,40 +150,75 @@ def _weights(run: Path) -> dict:
     return torch.load(run / "model.pt", weights_only=True)
 
 
+def _history(run: Path) -> list[list[str]]:
+    """history.csv's rows without their seconds column (wall time differs between runs)."""
+    rows = [line.split(",") for line in (run / "history.csv").read_text().splitlines()]
+    drop = rows[0].index("seconds")
+    return [row[:drop] + row[drop + 1 :] for row in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The signal tests' reference: the same run never interrupted, trained once."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    done = genlab(*SIGNAL_RUN, f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return run
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_path, sig):
+def test_a_signal_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(
+    tmp_path, uninterrupted, sig
+):
     stopped = _signal_mid_run(tmp_path / "stopped", sig)
     name = signal.Signals(sig).name
     assert stopped.returncode == 128 + sig, stopped.stdout[-2000:]
     assert f"by {name}: resume with" in stopped.stdout
     step = _weights(tmp_path / "stopped")["trainer"]["step"]
-    assert 300 <= step < 6000
+    assert 300 <= step < SIGNAL_STEPS
     assert (
         f"stopped at step {step} of stage 0 by {name}"
         in (tmp_path / "stopped" / "genlab.log").read_text()
     )
     resumed = genlab(*SIGNAL_RUN, "train.resume=true", f"hydra.run.dir={tmp_path / 'stopped'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    straight = genlab(*SIGNAL_RUN, f"hydra.run.dir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    a, b = _weights(tmp_path / "stopped")["model"], _weights(tmp_path / "straight")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    history = (tmp_path / "stopped" / "history.csv").read_text().splitlines()
-    assert len(history) == 1 + 6000
+    a, b = _weights(tmp_path / "stopped")["model"], _weights(uninterrupted)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    history = _history(tmp_path / "stopped")
+    assert len(history) == 1 + SIGNAL_STEPS and history == _history(uninterrupted)
+    got, want = (
+        json.loads((r / "metrics.json").read_text()) for r in (tmp_path / "stopped", uninterrupted)
+    )
+    assert {k: got[k] for k in SAME_METRICS} == {k: want[k] for k in SAME_METRICS}
+
+
+@pytest.fixture(scope="module")
+def failing_sweep(tmp_path_factory):
+    """``failing_sweep(launcher)``: the sweep dir and the command's result of a two-job tiny
+    NICE sweep whose first job diverges (lr 1e6), run once per launcher for the module."""
+    sweeps = {}
+
+    def get(launcher: str) -> tuple[Path, subprocess.CompletedProcess]:
+        if launcher not in sweeps:
+            sweep = tmp_path_factory.mktemp(launcher) / "sweep"
+            done = genlab(
+                "-m",
+                *[o for o in tiny_overrides("nice") if not o.startswith("train.steps")],
+                "train.steps=30",
+                "train.lr=1e6,1e-3",
+                "train.grad_clip=null",
+                f"hydra/launcher={launcher}",
+                f"hydra.sweep.dir={sweep}",
+            )
+            sweeps[launcher] = sweep, done
+        return sweeps[launcher]
+
+    return get
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
-def test_a_failing_job_does_not_sink_its_sweep(tmp_path, launcher):
-    sweep = tmp_path / "sweep"
-    done = genlab(
-        "-m",
-        *[o for o in tiny_overrides("nice") if not o.startswith("train.steps")],
-        "train.steps=30",
-        "train.lr=1e6,1e-3",
-        "train.grad_clip=null",
-        f"hydra/launcher={launcher}",
-        f"hydra.sweep.dir={sweep}",
-    )
+def test_a_failing_job_does_not_sink_its_sweep(failing_sweep, launcher):
+    sweep, done = failing_sweep(launcher)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("genlab: 1 of 2 sweep jobs failed (0_nice_moons: Diverged:"), last
@@ -173,9 +230,9 @@ def test_a_failing_job_does_not_sink_its_sweep(tmp_path, launcher):
     assert (sweep / "gallery.png").is_file()
 
 
-def test_a_sweep_dir_holding_runs_is_refused(tmp_path):
-    sweep = tmp_path / "sweep"
-    args = ["-m", *tiny_overrides("nice"), f"hydra.sweep.dir={sweep}"]
-    assert genlab(*args).returncode == 0
-    done = genlab(*args)
-    assert done.returncode == 2 and "already holds runs" in done.stderr
+def test_a_sweep_dir_holding_runs_is_refused(tmp_path, failing_sweep):
+    sweep = Path(shutil.copytree(failing_sweep("basic")[0], tmp_path / "sweep"))
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    done = genlab("-m", *tiny_overrides("nice"), f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 2 and "already holds runs" in done.stderr, done.stderr[-2000:]
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before

@@ -17,7 +17,7 @@ import pytest
 
 from genlab.errors import ConfigError
 from genlab.loggers import Logger, flatten
-from genlab.train import train
+from genlab.runner import train
 from tests.conftest import tiny_overrides, tiny_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -125,9 +125,9 @@ def test_sample_rejects_bad_count(nice, n):
 
 
 def test_a_nice_without_features_has_the_state_dict_of_one_from_before_features():
-    """Checkpoints written before couplings had Fourier features still load: a NICE with
-    ``fourier=0`` has no feature buffers, and the one with features saves its frequencies."""
-    plain, featured = NICE(couplings=2), NICE(couplings=2, fourier=3)
+    """A NICE with ``fourier=0`` has no feature buffers (so checkpoints of such models, which
+    hold none, load), and one with features saves its frequencies."""
+    plain, featured = NICE(couplings=2, fourier=0), NICE(couplings=2, fourier=3)
     assert not any("fourier" in key for key in plain.state_dict())
     assert featured.state_dict()["couplings.0.fourier_b"].shape == (3, 1)
     torch.manual_seed(5)

@@ -373,9 +373,9 @@ def test_solver_validation_names_the_bad_value():
     for steps in [0, -3, 2.5, True]:
         with pytest.raises(ValueError, match=rf"steps must be an int >= 1, got {steps!r}"):
             Solver("euler", steps=steps)
-    with pytest.raises(ValueError, match="atol=0"):
+    with pytest.raises(ValueError, match="atol must be > 0, got 0"):
         Solver(atol=0)
-    with pytest.raises(ValueError, match="rtol=-1e-05"):
+    with pytest.raises(ValueError, match="rtol must be > 0, got -1e-05"):
         Solver(rtol=-1e-5)
     with pytest.raises(ValueError, match="max_steps"):
         Solver(max_steps=0)

@@ -1,9 +1,10 @@
-"""A new model is one class plus one YAML: nothing in genlab/ changes.
+"""A new model or a new toy is one class plus one YAML: nothing in genlab/ changes.
 
-The model below (a full-covariance Gaussian fitted by maximum likelihood) lives in this test
-module; its YAML is written to a temporary config dir that Hydra's search path picks up. The
-real ``genlab`` command trains it, evaluates it, draws its figures, and the sweep report lists
-it, exactly as it does genlab's own models.
+The model below (a full-covariance Gaussian fitted by maximum likelihood) and the toy (a
+tilted Gaussian blob) live in this test module; their YAMLs are written to a temporary config
+dir that Hydra's search path picks up. The real ``genlab`` command sweeps them beside a shipped
+model and toy, trains, evaluates and draws each run, and the sweep report lists them in its
+leaderboard and gallery, exactly as it does genlab's own.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from genlab.data import Toy
 from genlab.models.base import Model, check_count, check_points
-from tests.conftest import TINY
+from genlab.runner import train
+from tests.conftest import TINY, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,16 +55,59 @@ class FullCovGaussian(Model):
         return self.mean + z @ self.scale_tril.T
 
 
-YAML = f"""\
-_target_: {__name__}.FullCovGaussian
-dim: 2
+class Blob(Toy):
+    """``N(0, C)`` with ``C = [[1, 0.6], [0.6, 1]]``: a NICE (one shear and a scaling) can
+    fit it exactly, so its constant-Jacobian floor is 0."""
+
+    name = "blob"
+    bound = 6.0
+    constant_log_det_floor = 0.0
+    COV = ((1.0, 0.6), (0.6, 1.0))
+
+    @property
+    def mean(self):
+        return (0.0, 0.0)
+
+    @property
+    def covariance(self):
+        return self.COV
+
+    def _dist(self, device):
+        cov = torch.tensor(self.COV, dtype=torch.float64, device=device)
+        return torch.distributions.MultivariateNormal(torch.zeros(2, device=device), cov)
+
+    def _sample(self, n, g, device):
+        z = torch.randn(n, 2, generator=g, device=device, dtype=torch.float64)
+        return z @ torch.linalg.cholesky(torch.tensor(self.COV, dtype=torch.float64)).T
+
+    def _log_prob(self, x):
+        return self._dist(x.device).log_prob(x)
+
+
+MODEL_YAML = f"""\
+# @package _global_
+model:
+  _target_: {__name__}.FullCovGaussian
+  dim: 2
+
+train:
+  steps: 300
+  lr: 3.0e-2
 """
+TOY_YAML = f"_target_: {__name__}.Blob\n"
 
 
-def test_a_plugin_model_runs_end_to_end_through_the_cli(tmp_path):
-    conf = tmp_path / "conf"
+def _plugin_conf(root: Path) -> Path:
+    conf = root / "conf"
     (conf / "model").mkdir(parents=True)
-    (conf / "model" / "gaussian.yaml").write_text(YAML)
+    (conf / "data").mkdir()
+    (conf / "model" / "gaussian.yaml").write_text(MODEL_YAML)
+    (conf / "data" / "blob.yaml").write_text(TOY_YAML)
+    return conf
+
+
+def test_a_plugin_model_and_toy_run_through_a_sweep_into_its_report(tmp_path):
+    conf = _plugin_conf(tmp_path)
     sweep = tmp_path / "sweep"
     overrides = [o for o in TINY if not o.startswith("train.steps")]
     cmd = [
@@ -70,9 +116,7 @@ def test_a_plugin_model_runs_end_to_end_through_the_cli(tmp_path):
         "genlab",
         "-m",
         "model=gaussian",
-        "data=moons,8gaussians",
-        "train.steps=300",
-        "train.lr=3e-2",
+        "data=blob,moons",
         *overrides,
         f"hydra.searchpath=[file://{conf}]",
         f"hydra.sweep.dir={sweep}",
@@ -80,23 +124,31 @@ def test_a_plugin_model_runs_end_to_end_through_the_cli(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "no data points" not in done.stdout + done.stderr  # the gallery built both toys
 
-    runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
-    assert len(runs) == 2
-    for run in runs:
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["model"] == "gaussian" and metrics["steps"] == 300
-        assert {"samples.png", "density.png", "model.pt", "history.csv"} <= {
-            p.name for p in run.iterdir()
-        }
+    runs = {}
+    for path in sweep.glob("*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        runs[metrics["data"]] = (path.parent, metrics)
+    assert set(runs) == {"blob", "moons"}
+    for run, metrics in runs.values():
+        assert metrics["model"] == "gaussian" and metrics["steps"] == 300  # its own budget
+        assert {"samples.png", "density.png", "model.pt", "history.csv"} <= set(os.listdir(run))
         assert "nice_floor" not in metrics
         assert not {"trajectories.png", "flow.gif"} & set(os.listdir(run))  # it has no path
-        # A Gaussian cannot fit the toys, but maximum likelihood gets it to the best Gaussian:
-        # its KL is finite and positive and its W2 far above the data's own floor.
-        assert 0 < metrics["kl"] < 5 and metrics["w2"] > metrics["w2_floor"]
+        assert 0 < metrics["kl"] < 5 and metrics["w2_floor"] > 0
+    # Maximum likelihood fits the blob to its noise; no Gaussian fits the moons.
+    assert runs["blob"][1]["kl"] < 0.05 < runs["moons"][1]["kl"]
     board = (sweep / "leaderboard.md").read_text()
-    assert "| moons | gaussian |" in board and "| 8gaussians | gaussian |" in board
+    assert "| blob | gaussian |" in board and "| moons | gaussian |" in board
     assert (sweep / "gallery.png").is_file()
+
+
+def test_a_plugin_toy_states_its_own_floor(compose_cfg, tmp_path):
+    conf = _plugin_conf(tmp_path)
+    cfg = compose_cfg([*tiny_overrides("nice", "blob"), f"hydra.searchpath=[file://{conf}]"])
+    out = train(cfg, tmp_path / "run")
+    assert out["data"] == "blob" and out["nice_floor"] == 0.0
 
 
 def test_the_wheel_lists_every_package():

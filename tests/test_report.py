@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genlab.data import get_toy
+from genlab.configs import get_toy
 from genlab.metrics import kl_to_truth, wasserstein2
 from genlab.models.base import Model
 from genlab.report import (

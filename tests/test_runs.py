@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import genlab
+from genlab.runner import train
 from genlab.runs import CHECKPOINT, CheckpointError
-from genlab.train import train
 from tests.conftest import tiny_overrides
 
 

@@ -1,4 +1,4 @@
-"""The eight toys: samplers, exact log-densities, entropies (DESIGN.md, "The data")."""
+"""The eight toys: samplers, exact log-densities, entropies, constant-Jacobian floors."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from genlab.data import TOYS, get_toy
+from genlab.configs import data_options, get_toy
 
 ENTROPY = {
     "8gaussians": 2.8319,
@@ -29,8 +29,9 @@ def grid(bound: float, h: float) -> tuple[torch.Tensor, float]:
     return torch.cartesian_prod(c, c), h * h
 
 
-def test_the_registry_is_the_eight_toys():
-    assert sorted(TOYS) == sorted(NAMES)
+def test_the_shipped_toys_are_the_eight_and_each_config_builds_its_own():
+    assert sorted(data_options()) == sorted(NAMES)
+    assert all(get_toy(name).name == name for name in NAMES)
     with pytest.raises(ValueError, match="unknown data set 'moon'; choose one of: .*moons"):
         get_toy("moon")
 
@@ -90,7 +91,7 @@ def test_histogram_agrees_with_the_density(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_grid_entropy_matches_the_design_table(name):
+def test_grid_entropy_matches_the_table(name):
     assert abs(get_toy(name).entropy() - ENTROPY[name]) < 2e-3
 
 
@@ -106,10 +107,30 @@ def test_checkerboard_support():
     assert torch.isfinite(toy.log_prob(x)).all()
 
 
-@pytest.mark.parametrize("n", [0, -3, 2.5])
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
 def test_bad_sample_count(n):
-    with pytest.raises(ValueError, match=repr(n)):
+    with pytest.raises(ValueError, match=r"number of samples must be an int >= 1, got " + repr(n)):
         get_toy("moons").sample(n)
+
+
+def test_numpy_sample_counts_are_accepted():
+    assert get_toy("moons").sample(np.int64(3)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_toy_has_its_constant_jacobian_floor(name):
+    floor = get_toy(name).constant_log_det_floor
+    assert isinstance(floor, float) and 0 <= floor < 1
+    if name == "checkerboard":
+        assert floor == 1 - math.log(2)
+
+
+@pytest.mark.parametrize("name", ["moons", "swissroll", "2spirals"])
+def test_curve_quadrature_agrees_with_a_4x_finer_rule(name):
+    toy, fine = get_toy(name), get_toy(name)
+    fine.panel = toy.panel / 4
+    x = toy.sample(5000, torch.Generator().manual_seed(5)).double()
+    assert (toy.log_prob(x) - fine.log_prob(x)).abs().max() < 1e-9
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (5,), (2, 2, 2)])

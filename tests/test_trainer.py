@@ -47,7 +47,6 @@ def test_diverging_loss_fails_loudly():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"steps": 0}, "train.steps must be an int >= 1, got 0"),
         ({"steps": 5, "lr": -1.0}, "train.lr must be > 0, got -1.0"),
         ({"steps": 5, "max_seconds": 0}, "train.max_seconds must be > 0 or null, got 0"),
         ({"steps": 5, "warmup_steps": -1}, "train.warmup_steps must be an int >= 0, got -1"),

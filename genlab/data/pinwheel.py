@@ -24,6 +24,10 @@ from genlab.data.base import (
 
 __all__ = ["Pinwheel"]
 
+# Beyond this radius r (|x| = 2r) only preimage angles |b| <= asin(_WINDOW_SIN / r) are searched.
+_WINDOW_RADIUS = 5.5
+_WINDOW_SIN = 1.17
+
 
 def _newton_increasing(fun, lo: Tensor, hi: Tensor, x: Tensor, iters: int = 100) -> Tensor:
     """Root of an increasing function in ``[lo, hi]`` (elementwise, vectorised).
@@ -54,7 +58,8 @@ def _newton_increasing(fun, lo: Tensor, hi: Tensor, x: Tensor, iters: int = 100)
 class Pinwheel(Toy):
     """Five pinwheel arms.
 
-    ``f ~ N((1, 0), diag(0.3^2, 0.1^2))``, ``k`` uniform in 0..4,
+    ``f ~ N((1, 0), diag(0.3^2, 0.1^2))`` (radial std 0.3, tangential std 0.1, no other
+    noise), ``k`` uniform in 0..4 (equal weights 1/5),
     ``a = 2 pi k / 5 + 0.25 exp(f0)``, ``x = 2 f R(a)`` (row vector times
     ``R(a) = [[cos a, -sin a], [sin a, cos a]]``, FFJORD's ``einsum("ti,tij->tj")``), i.e. ``f``
     scaled by 2 and rotated clockwise by ``a``.
@@ -72,6 +77,7 @@ class Pinwheel(Toy):
     outside it weigh less than ``e^-60`` of the largest); for ``|x| > 20`` (``log p < -440``)
     the sum is replaced by its continuum limit ``(1/(8 pi)) int N(f(b)) db`` (an
     approximation there, error under ~0.3 nats, shrinking like ``exp(-|x|/4)``).
+    Entropy 2.3178 nats; constant-Jacobian floor 0.0008 nats.
 
     References:
         Grathwohl et al. 2019, FFJORD (the "pinwheel" toy).
@@ -79,6 +85,7 @@ class Pinwheel(Toy):
 
     name = "pinwheel"
     bound = 5.0
+    constant_log_det_floor = 0.0008
     arms = 5
     rate = 0.25
     radial_std = 0.3
@@ -136,74 +143,150 @@ class Pinwheel(Toy):
         return torch.logsumexp(e, 1) - math.log(8 * math.pi)
 
     def _root_sum(self, r: Tensor, phi: Tensor) -> Tensor:
-        c0 = self.rate
-        # minimum of h' on the circle: cos b* = 2r / (1 + sqrt(1 + 4 r^2)), b* < 0
+        """``log p(x)`` at ``x = 2r (cos phi, sin phi)``, summed over the preimages of ``x``.
+
+        The preimages are the roots ``b`` of ``h(b) = b - 0.25 exp(r cos b) = phi + 2 pi m / 5``
+        over the integers ``m`` (see the class docstring). In four vectorised steps, all points
+        at once:
+
+        1. ``_fold_edges``: the zeros of ``h'`` (where the map folds), by a safeguarded Newton
+           solve on each side of the minimum of ``h'``;
+        2. ``_monotone_pieces``: the pieces of the circle on which ``h`` is monotone, one
+           increasing and, where the map folds, one decreasing;
+        3. ``_levels``: on each piece, every level ``phi + 2 pi m / 5`` within the piece's
+           range of ``h``, each of which has exactly one root there;
+        4. ``_solve_levels``: each root by safeguarded Newton (Newton steps, bisection when a
+           step leaves the bracket) inside its piece, started where the chord through the
+           piece's ends meets the level.
+
+        The terms ``N(f(b)) / (5 * 4 |h'(b)|)`` are then added per point in log space.
+        """
+        bl, br, fold = self._fold_edges(r)
+        whole_turn = ~(fold | (r > _WINDOW_RADIUS))
+        point, start, end, level, sign = [], [], [], [], []
+        for a, b, s in self._monotone_pieces(r, bl, br):
+            pid, lev = self._levels(r, phi, a, b, s, whole_turn if s > 0 else None)
+            point.append(pid)
+            start.append(a[pid])
+            end.append(b[pid])
+            level.append(lev)
+            sign.append(torch.full_like(lev, s))
+        pid, a, b, level, sign = (torch.cat(v) for v in (point, start, end, level, sign))
+        rr = r[pid]
+        beta = self._solve_levels(rr, a, b, level, sign)
+        jac = (4 * self._dh(beta, rr)).abs()
+        terms = self._log_normal(rr, beta) - jac.log() - math.log(self.arms)
+        return _logsumexp_by_index(terms, pid, len(r))
+
+    def _h(self, b: Tensor, r: Tensor) -> Tensor:
+        """``h(b) = b - 0.25 exp(r cos b)``, the image angle plus the arm's offset."""
+        return b - self.rate * torch.exp(r * b.cos())
+
+    def _dh(self, b: Tensor, r: Tensor) -> Tensor:
+        """``h'(b) = 1 + 0.25 r sin b exp(r cos b)``."""
+        return 1 + self.rate * r * b.sin() * torch.exp(r * b.cos())
+
+    def _d2h(self, b: Tensor, r: Tensor) -> Tensor:
+        """``h''(b) = 0.25 r exp(r cos b) (cos b - r sin^2 b)``."""
+        return self.rate * r * torch.exp(r * b.cos()) * (b.cos() - r * b.sin().square())
+
+    def _fold_edges(self, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The zeros ``bl < br`` of ``h'`` and the mask ``fold`` of the radii where they exist.
+
+        ``h'`` has one minimum on the circle, at ``b* < 0`` with
+        ``cos b* = 2r / (1 + sqrt(1 + 4 r^2))``, and one maximum, at ``-b*``. Where
+        ``h'(b*) < 0`` the map folds: ``h'`` decreases through zero at ``bl`` in
+        ``[-b* - 2 pi, b*]`` and increases through zero at ``br`` in ``[b*, -b*]``, each
+        found by ``_newton_increasing``. Elsewhere ``bl = br = b*``.
+        """
         bmin = -torch.arccos(2 * r / (1 + torch.sqrt(1 + 4 * r * r)))
         bmax = -bmin
-
-        def dh(b, rr):
-            return 1 + c0 * rr * b.sin() * torch.exp(rr * b.cos())
-
-        def d2h(b, rr):
-            return c0 * rr * torch.exp(rr * b.cos()) * (b.cos() - rr * b.sin().square())
-
-        fold = dh(bmin, r) < 0
+        fold = self._dh(bmin, r) < 0
         bl, br = bmin.clone(), bmin.clone()
         if fold.any():
-            rf, lo, mid = r[fold], bmax[fold] - 2 * math.pi, bmin[fold]
-            # h' decreases on [bmax - 2 pi, bmin] and increases on [bmin, bmax]
+            rf, lo, mid, hi = r[fold], bmax[fold] - 2 * math.pi, bmin[fold], bmax[fold]
             bl[fold] = _newton_increasing(
-                lambda b, i: (-dh(b, rf[i]), -d2h(b, rf[i])), lo, mid, (lo + mid) / 2
+                lambda b, i: (-self._dh(b, rf[i]), -self._d2h(b, rf[i])), lo, mid, (lo + mid) / 2
             )
             br[fold] = _newton_increasing(
-                lambda b, i: (dh(b, rf[i]), d2h(b, rf[i])), mid, bmax[fold], (mid + bmax[fold]) / 2
+                lambda b, i: (self._dh(b, rf[i]), self._d2h(b, rf[i])), mid, hi, (mid + hi) / 2
             )
-        # monotone pieces: increasing [br, bl + 2 pi], decreasing [bl, br] (empty if no fold);
-        # far out only the window |b| <= w matters
-        w = torch.where(r > 5.5, torch.asin(torch.clamp(1.17 / r, max=1.0)), math.inf)
-        pieces = [
+        return bl, br, fold
+
+    def _monotone_pieces(
+        self, r: Tensor, bl: Tensor, br: Tensor
+    ) -> list[tuple[Tensor, Tensor, float]]:
+        """``(start, end, sign)`` of the pieces on which ``h`` is monotone.
+
+        ``h`` increases on ``[br, bl + 2 pi]`` (sign +1) and decreases on ``[bl, br]``
+        (sign -1, empty without a fold). For ``r > 5.5`` both are cut to the window
+        ``|b| <= asin(1.17 / r)``; roots outside it weigh less than ``e^-60`` of the largest.
+        """
+        w = torch.where(
+            r > _WINDOW_RADIUS, torch.asin(torch.clamp(_WINDOW_SIN / r, max=1.0)), math.inf
+        )
+        return [
             (br.maximum(-w), (bl + 2 * math.pi).minimum(w), 1.0),
             (bl.maximum(-w).minimum(br.maximum(-w)), br.maximum(-w), -1.0),
         ]
+
+    def _levels(
+        self,
+        r: Tensor,
+        phi: Tensor,
+        a: Tensor,
+        b: Tensor,
+        sign: float,
+        whole_turn: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Every level ``phi + 2 pi m / 5`` (over the integers ``m``) that ``h`` takes on a piece.
+
+        The piece runs from ``a`` to ``b`` with ``h`` monotone of ``sign``; its range of ``h``
+        is ``[low, high)``, which holds the levels ``m = ceil(y(low)), ..., ceil(y(high)) - 1``
+        with ``y(v) = (v - phi) / (2 pi / 5)``. Where ``whole_turn`` is set (an increasing
+        piece that is the entire circle) ``h`` gains exactly ``2 pi`` along it, so there are
+        exactly 5 levels, counted without rounding.
+
+        Returns:
+            The index of each level's point in ``r`` and the level itself, one entry per root.
+        """
+        low, high = self._h(a, r), self._h(b, r)
+        if sign < 0:
+            low, high = high, low
         delta = 2 * math.pi / self.arms
-        pts, a_s, b_s, lev, sgn = [], [], [], [], []
-        ids = torch.arange(len(r), device=r.device)
-        for a, b, s in pieces:
-            ha = a - c0 * torch.exp(r * a.cos())
-            hb = b - c0 * torch.exp(r * b.cos())
-            if s < 0:
-                ha, hb = hb, ha
-            y0 = (ha - phi) / delta
-            if s > 0:  # no fold: h(b) = h(a) + 2 pi exactly, so exactly 5 roots
-                y1 = torch.where(fold | (r > 5.5), (hb - phi) / delta, y0 + self.arms)
-            else:
-                y1 = (hb - phi) / delta
-            m0 = torch.ceil(y0)
-            count = (torch.ceil(y1) - m0).clamp(min=0).long()
-            pid = ids.repeat_interleave(count)
-            first = torch.cumsum(count, 0) - count
-            m = m0[pid] + (torch.arange(len(pid), device=r.device) - first[pid])
-            pts.append(pid)
-            a_s.append(a[pid])
-            b_s.append(b[pid])
-            lev.append(phi[pid] + delta * m)
-            sgn.append(torch.full_like(m, s))
-        pid, a, b, lev, sgn = (torch.cat(v) for v in (pts, a_s, b_s, lev, sgn))
-        rr = r[pid]
-        ha = a - c0 * torch.exp(rr * a.cos())
-        hb = b - c0 * torch.exp(rr * b.cos())
-        frac = ((lev - ha) / (hb - ha)).nan_to_num(0.5).clamp(0, 1)
+        y0 = (low - phi) / delta
+        y1 = (high - phi) / delta
+        if whole_turn is not None:
+            y1 = torch.where(whole_turn, y0 + self.arms, y1)
+        m0 = torch.ceil(y0)
+        count = (torch.ceil(y1) - m0).clamp(min=0).long()
+        pid = torch.arange(len(r), device=r.device).repeat_interleave(count)
+        first = torch.cumsum(count, 0) - count
+        m = m0[pid] + (torch.arange(len(pid), device=r.device) - first[pid])
+        return pid, phi[pid] + delta * m
+
+    def _solve_levels(self, r: Tensor, a: Tensor, b: Tensor, level: Tensor, sign: Tensor) -> Tensor:
+        """The root ``beta`` of ``h(beta) = level`` between ``a`` and ``b``, elementwise.
+
+        ``sign * (h - level)`` increases along the piece, so ``_newton_increasing`` applies;
+        it starts where the chord from ``(a, h(a))`` to ``(b, h(b))`` meets the level.
+        """
+        ha, hb = self._h(a, r), self._h(b, r)
+        frac = ((level - ha) / (hb - ha)).nan_to_num(0.5).clamp(0, 1)
 
         def g(beta, i):
-            e = c0 * torch.exp(rr[i] * beta.cos())
-            # oriented along the piece: increasing in beta in both cases
-            return sgn[i] * (beta - e - lev[i]), sgn[i] * (1 + rr[i] * beta.sin() * e)
+            e = self.rate * torch.exp(r[i] * beta.cos())
+            return sign[i] * (beta - e - level[i]), sign[i] * (1 + r[i] * beta.sin() * e)
 
         lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-        beta = _newton_increasing(g, lo, hi, a + frac * (b - a))
-        jac = (4 * dh(beta, rr)).abs()
-        terms = self._log_normal(rr, beta) - jac.log() - math.log(self.arms)
-        top = torch.full_like(r, -math.inf).scatter_reduce(0, pid, terms, "amax")
-        top = torch.where(torch.isfinite(top), top, 0.0)
-        acc = torch.zeros_like(r).index_add_(0, pid, torch.exp(terms - top[pid]))
-        return acc.log() + top
+        return _newton_increasing(g, lo, hi, a + frac * (b - a))
+
+
+def _logsumexp_by_index(terms: Tensor, index: Tensor, size: int) -> Tensor:
+    """``out[j] = log sum_{i: index[i] = j} exp(terms[i])`` (``-inf`` for an empty sum)."""
+    top = torch.full((size,), -math.inf, dtype=terms.dtype, device=terms.device)
+    top = top.scatter_reduce(0, index, terms, "amax")
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    acc = torch.zeros(size, dtype=terms.dtype, device=terms.device)
+    acc = acc.index_add_(0, index, torch.exp(terms - top[index]))
+    return acc.log() + top

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from genlab.checks import check_choice, check_int
+
 __all__ = [
     "Model",
     "Stage",
@@ -65,9 +67,7 @@ def check_points(x: Tensor, dim: int) -> None:
 
 def check_count(n: int) -> int:
     """Return ``n`` if it is an int >= 1, else raise ``ValueError`` naming it."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"number of samples must be an int >= 1, got {n!r}")
-    return n
+    return check_int("number of samples", n, 1)
 
 
 class Model(nn.Module):
@@ -208,6 +208,4 @@ PRIORS = {"normal": StandardNormal, "logistic": StandardLogistic}
 
 def make_prior(name: str, dim: int) -> Prior:
     """Build the prior called ``name`` (``normal`` or ``logistic``)."""
-    if name not in PRIORS:
-        raise ValueError(f"unknown prior {name!r}; choose one of: {', '.join(PRIORS)}")
-    return PRIORS[name](dim)
+    return PRIORS[check_choice("prior", name, PRIORS)](dim)

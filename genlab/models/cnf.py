@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from genlab.checks import check_choice, check_positive
 from genlab.models.base import check_points
 from genlab.models.flow import ContinuousFlow
 from genlab.ode import DIVERGENCES, Solver, transport_logdet
@@ -39,17 +40,14 @@ class CNF(ContinuousFlow):
         likelihood: Solver,
         train_solver: Solver,
         divergence: str = "exact",
-        kinetic: float = 0.0,
-        jacobian: float = 0.0,
+        kinetic: float = 0.003,
+        jacobian: float = 0.003,
         dim: int = 2,
     ) -> None:
         super().__init__(velocity, sampler, likelihood, dim)
-        if divergence not in DIVERGENCES:
-            raise ValueError(
-                f"unknown divergence {divergence!r}; choose one of: {', '.join(DIVERGENCES)}"
-            )
-        if kinetic < 0 or jacobian < 0:
-            raise ValueError(f"regulariser weights must be >= 0, got {kinetic=}, {jacobian=}")
+        check_choice("divergence", divergence, DIVERGENCES)
+        check_positive("kinetic", kinetic, zero=True)
+        check_positive("jacobian", jacobian, zero=True)
         self.train_solver = train_solver
         self.divergence = divergence
         self.kinetic, self.jacobian = kinetic, jacobian

@@ -17,6 +17,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from genlab.checks import check_choice, check_fraction
 from genlab.models.base import Model, StandardNormal, Transport, check_count, check_points
 from genlab.ode import SOLVERS, NFECounter, Solver, transport, transport_logdet
 from genlab.sampling import Sampler, as_sampler
@@ -31,10 +32,10 @@ class EMA(nn.Module):
     floating buffers) into it with decay ``min(decay, (1 + n) / (10 + n))`` after ``n``
     updates, a warm-up as in well-kept EMA implementations, so a short run evaluates trained
     weights and a long one the full average; the first update copies. ``n`` is the buffer
-    ``n_averaged``, so the average resumes exactly with the weights. (Its state-dict keys,
-    ``module.*`` and ``n_averaged``, are those of ``torch.optim.swa_utils.AveragedModel``,
-    which it replaces in the hot loop: that one walks both modules and makes small tensor ops
-    every step, about a tenth of a rectified-flow step on one CPU thread.)
+    ``n_averaged``, so the average resumes exactly with the weights. Its state-dict keys,
+    ``module.*`` and ``n_averaged``, are those of ``torch.optim.swa_utils.AveragedModel``;
+    unlike that one, it lists its tensor pairs once and blends them with one
+    ``torch._foreach_lerp_`` per update, rather than walking both modules every step.
 
     Arguments:
         module: the trained module; it is copied (with ``requires_grad`` off), not held.
@@ -112,8 +113,7 @@ class ContinuousFlow(Model, Transport):
         ema: float = 0.0,
     ) -> None:
         super().__init__()
-        if not 0.0 <= ema < 1.0:
-            raise ValueError(f"ema decay must lie in [0, 1), got {ema!r}")
+        check_fraction("ema", ema)
         self.dim = dim
         self.velocity = velocity
         self.sampler = self._check_method(as_sampler(sampler))
@@ -132,11 +132,7 @@ class ContinuousFlow(Model, Transport):
             self.ema.update(self.velocity)
 
     def _check_method(self, sampler: Sampler) -> Sampler:
-        if sampler.method not in self.methods:
-            raise ValueError(
-                f"unknown sampler {sampler.method!r} for {self.name}; "
-                f"choose one of: {', '.join(self.methods)}"
-            )
+        check_choice(f"{self.name} sampler", sampler.method, self.methods)
         return sampler
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from genlab.checks import check_int
 from genlab.models.base import Layered, Model, check_count, check_points, make_prior
 from genlab.nn import MLP, check_fourier, fourier_features
 
@@ -46,7 +47,7 @@ class AdditiveCoupling(nn.Module):
         self.a = slice(1 - parity, None, 2)  # coordinates the MLP reads
         n_a, n_b = len(range(dim)[self.a]), len(range(dim)[self.b])
         # A buffer: saved with the weights, so a loaded model has the same features. None
-        # without features, so checkpoints written before couplings had them still load.
+        # without features: a checkpoint without the buffer loads.
         frequencies = torch.randn(fourier, n_a) * fourier_scale if fourier else None
         self.register_buffer("fourier_b", frequencies)
         self.m = MLP(n_a + 2 * fourier, n_b, hidden, depth, activation, zero_last=identity_init)
@@ -93,10 +94,10 @@ class NICE(Model, Layered):
         fourier, fourier_scale: random Fourier features of ``x_a`` that each coupling MLP
             reads beside ``x_a`` (see :class:`AdditiveCoupling`; 0: none).
         identity_init: start every coupling as the identity (zero last layers). Off by default:
-            from torch's default initialisation NICE on raw ``x_a`` fits 2spirals far better in
-            60 s (KL 0.35 against 0.70, README). Without Fourier features, rings and circles
-            stay at the best Gaussian's KL from either start: there ``E[x_b | x_a] = 0`` in
-            every frame, which pulls each shift back to zero; with them, they move (README).
+            from torch's default initialisation NICE fits thin structure (2spirals) better in a
+            short budget. On rings and circles ``E[x_b | x_a] = 0`` in every frame, which pulls
+            each shift of raw ``x_a`` back to zero from either start; Fourier features of
+            ``x_a`` let the shifts move.
 
     References:
         Dinh, Krueger, Bengio. "NICE: Non-linear Independent Components Estimation" (2014).
@@ -108,18 +109,17 @@ class NICE(Model, Layered):
     def __init__(
         self,
         dim: int = 2,
-        couplings: int = 8,
-        hidden: int = 128,
-        depth: int = 3,
-        activation: str = "relu",
+        couplings: int = 16,
+        hidden: int = 64,
+        depth: int = 2,
+        activation: str = "tanh",
         prior: str = "normal",
         identity_init: bool = False,
-        fourier: int = 0,
-        fourier_scale: float = 1.0,
+        fourier: int = 16,
+        fourier_scale: float = 0.5,
     ) -> None:
         super().__init__()
-        if isinstance(couplings, bool) or not isinstance(couplings, int) or couplings < 1:
-            raise ValueError(f"couplings must be an int >= 1, got {couplings!r}")
+        check_int("couplings", couplings, 1)
         self.dim = dim
         self.couplings = nn.ModuleList(
             AdditiveCoupling(

@@ -23,6 +23,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from genlab.checks import check_choice, check_int
 from genlab.models.base import Stage, check_count, check_points
 from genlab.models.flow import ContinuousFlow
 from genlab.ode import SOLVERS, Solver, transport
@@ -83,20 +84,11 @@ class RectifiedFlow(ContinuousFlow):
         dim: int = 2,
     ) -> None:
         super().__init__(velocity, sampler, likelihood, dim, ema)
-        if time_distribution not in TIME_DISTRIBUTIONS:
-            raise ValueError(
-                f"unknown time distribution {time_distribution!r}; "
-                f"choose one of: {', '.join(TIME_DISTRIBUTIONS)}"
-            )
-        if isinstance(reflow, bool) or not isinstance(reflow, int) or reflow < 0:
-            raise ValueError(f"reflow must be an int >= 0, got {reflow!r}")
-        for key, value in (("reflow_pairs", reflow_pairs), ("reflow_steps", reflow_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be an int >= 1, got {value!r}")
-        if coupling not in COUPLINGS:
-            raise ValueError(
-                f"unknown coupling {coupling!r}; choose one of: {', '.join(COUPLINGS)}"
-            )
+        check_choice("time distribution", time_distribution, TIME_DISTRIBUTIONS)
+        check_int("reflow", reflow, 0)
+        check_int("reflow_pairs", reflow_pairs, 1)
+        check_int("reflow_steps", reflow_steps, 1)
+        check_choice("coupling", coupling, COUPLINGS)
         self.time_distribution, self.coupling = time_distribution, coupling
         self.reflow, self.reflow_pairs, self.reflow_steps = reflow, reflow_pairs, reflow_steps
         self.reflow_solver = reflow_solver or Solver("dopri5", atol=1e-5, rtol=1e-5)

@@ -7,12 +7,10 @@ once, and it knows models only through their common interface.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import random
 import re
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import metrics, plots  # noqa: F401  (plots: the figures' module, patched in tests)
+from genlab.checks import check_int
 from genlab.errors import ConfigError
 from genlab.figures import RunFigures
 from genlab.fit import Fit
@@ -54,51 +53,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def known_keys() -> dict[str, set[str]]:
-    """The keys genlab knows: at the top level (with the config groups), under ``train``,
-    ``eval`` and ``plots``, read from the shipped ``conf/config.yaml``."""
-    base = OmegaConf.load(resources.files("genlab.conf").joinpath("config.yaml").open())
-    groups = {
-        key
-        for entry in base.defaults
-        if isinstance(entry, DictConfig)
-        for key in entry
-        if "/" not in key  # not Hydra's own groups (override hydra/help)
-    }
-    return {
-        "": (set(base) - {"defaults"}) | groups,
-        "train": set(base.train),
-        "eval": set(base.eval),
-        "plots": set(base.plots),
-    }
-
-
-def _check_known_keys(cfg: DictConfig) -> None:
-    """Refuse keys genlab does not know (a typo added with ``+`` would be silently ignored)."""
-    for section, known in known_keys().items():
-        node = cfg[section] if section else cfg
-        prefix = f"{section}." if section else ""
-        for key in sorted(set(node) - known):
-            near = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = (
-                f"did you mean {prefix}{near[0]}?" if near else f"known: {', '.join(sorted(known))}"
-            )
-            raise ConfigError(f"unknown key {prefix}{key}; {hint}")
-
-
 def _check_config(cfg: DictConfig) -> None:
-    _check_known_keys(cfg)
-    bs = cfg.train.batch_size
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise ValueError(f"train.batch_size must be an int >= 1, got {bs!r}")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise ValueError(f"seed must be an int, got {cfg.seed!r}")
-    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
-        raise ValueError(f"threads must be an int >= 1 or null, got {cfg.threads!r}")
+    if OmegaConf.is_missing(cfg.train, "steps"):
+        raise ConfigError(
+            "train.steps is not set: a model config sets its own training budget under train: "
+            "(conf/model/*.yaml), or give one: train.steps=N"
+        )
+    check_int("train.batch_size", cfg.train.batch_size, 1)
+    check_int("seed", cfg.seed)
+    check_int("threads", cfg.threads, 1, none=True)
     for key in ("plot_every", "checkpoint_every"):
-        v = cfg.train[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"train.{key} must be an int >= 0, got {v!r}")
+        check_int(f"train.{key}", cfg.train[key], 0)
 
 
 def _config_error(e: InstantiationException) -> ConfigError:
@@ -167,12 +132,13 @@ def build(
     return toy, model, fit, logger
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path | None = None, sweep: str | None = None) -> dict:
     """Train ``cfg.model`` on ``cfg.data``, evaluate it and write every output to ``run_dir``.
 
     Arguments:
         cfg: the composed config (``conf/config.yaml`` and its groups).
         run_dir: where outputs go; defaults to Hydra's ``runtime.output_dir``.
+        sweep: the sweep dir when the run is a job of one (the loggers tag the run with it).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -186,7 +152,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     figures = RunFigures(
         model, toy, run_dir, seed=cfg.eval.seed, grid=cfg.eval.grid, animate=cfg.plots.animate
     )
-    with RunLog(logger, fit) as run_log:
+    with RunLog(logger, fit, sweep) as run_log:
         fit.run(hooks=[(cfg.train.plot_every, figures.progress), run_log.hook])
 
         out = {"model": model.name, "data": toy.name, "seed": cfg.seed, "device": str(device)}
