@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict, read_write
 
 from genlab.configs import check_additions, compose_config
@@ -217,8 +218,10 @@ def sweep(
     if launcher is not None:
         args.append(f"hydra/launcher={launcher}")
     args.extend(overrides)
-    if sweep_dir is None:
-        sweep_dir = compose_config(args, hydra=True).hydra.sweep.dir
+    if sweep_dir is None:  # the default sweep dir, composed without the swept values
+        parsed = OverridesParser.create().parse_overrides(args)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        sweep_dir = compose_config(fixed, hydra=True).hydra.sweep.dir
     args.append(f"hydra.sweep.dir={sweep_dir}")
     cmd = [sys.executable, "-m", "genlab", "-m", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())

@@ -58,6 +58,20 @@ def panels(monkeypatch):
     return seen
 
 
+@pytest.fixture
+def no_still_figures(monkeypatch):
+    """The still figures are not drawn (test_cli.py checks them through the command line)."""
+    for name in (
+        "plot_samples",
+        "plot_density",
+        "plot_trajectories",
+        "plot_density_snapshots",
+        "plot_quality_vs_steps",
+    ):
+        monkeypatch.setattr(plots, name, lambda *args, **kwargs: None)
+
+
+@pytest.mark.usefixtures("no_still_figures")
 def test_nice_pushes_its_noise_through_each_layer(compose_cfg, tmp_path, panels):
     train(compose_cfg([*tiny_overrides("nice"), "plots.animate=true"]), tmp_path)
     ((panel,), captions) = panels[0]
@@ -67,6 +81,7 @@ def test_nice_pushes_its_noise_through_each_layer(compose_cfg, tmp_path, panels)
     assert captions[17] == "layer 2 of 3" and captions[-1] == "layer 3 of 3"
 
 
+@pytest.mark.usefixtures("no_still_figures")
 def test_reflow_rounds_move_side_by_side(compose_cfg, tmp_path, panels):
     overrides = [*tiny_overrides("rectified_flow"), "model.reflow=1", "plots.animate=true"]
     train(compose_cfg(overrides), tmp_path)
@@ -77,6 +92,7 @@ def test_reflow_rounds_move_side_by_side(compose_cfg, tmp_path, panels):
     assert captions[0] == "t = 0.00" and captions[-1] == "t = 1.00"
 
 
+@pytest.mark.usefixtures("no_still_figures")
 def test_an_ode_model_moves_over_its_own_p_t(compose_cfg, tmp_path, panels):
     train(compose_cfg([*tiny_overrides("rectified_flow"), "plots.animate=true"]), tmp_path)
     ((panel,), captions) = panels[0]

@@ -56,7 +56,7 @@ def run_cli(run_dir, overrides):
 @pytest.mark.parametrize(
     "model,extra,files",
     [
-        ("nice", [], COMMON),
+        ("nice", ["train.log_every=500"], COMMON),  # longer than the run: first and last
         ("cnf", [], COMMON | CONTINUOUS),
         ("rectified_flow", ["model.reflow=1"], COMMON | CONTINUOUS | {"quality_vs_steps.png"}),
         ("diffusion", [], COMMON | CONTINUOUS | {"quality_vs_steps.png"}),
@@ -76,15 +76,25 @@ def test_cli_run_writes_every_output(tmp_path, model, extra, files):
     assert (run_dir / "flow.gif").stat().st_size <= 2 * 2**20
     history = (run_dir / "history.csv").read_text().splitlines()
     assert history[0].startswith("round,step,loss")
+    assert history[0].endswith(",nfe_forward,nfe_backward")
+    nfe = [row.split(",")[-2:] for row in history[1:]]
     loaded = genlab.load_run(run_dir)
     assert loaded.sample(5).shape == (5, 2)
     if model == "nice":
         assert "nice_floor" in metrics
     else:
         assert metrics["nfe"] > 0
-        # NFE per training step only where training solves an ODE
-        assert ("train_nfe_first" in metrics) == (model == "cnf")
-    if extra:
+    # NFE per training step only where training solves an ODE
+    if model == "cnf":
+        assert metrics["train_nfe_first"] > 0 and all(int(f) > 0 for f, _ in nfe)
+    else:
+        assert "train_nfe_first" not in metrics and "train_nfe_last" not in metrics
+        assert all(f == b == "" for f, b in nfe)
+    if model == "nice":
+        log = (run_dir / "genlab.log").read_text()
+        assert "nice step 1/6" in log and "nice step 6/6" in log
+        assert log.index("nice step 6/6") < log.index("evaluating")
+    if model == "rectified_flow":
         assert metrics["steps"] == 6 + 4
         assert {"round0_straightness", "round1_w2_euler1", "round1_nfe_euler1"} <= set(metrics)
     if model == "diffusion":  # quality against steps at the end of the run, with its cost
@@ -104,8 +114,11 @@ RESUME_CASES = {
 @pytest.mark.parametrize("model", list(RESUME_CASES))
 def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch, model):
     """An interrupted run resumed from its checkpoint ends with the same weights."""
+    from genlab import figures
     from genlab import runner as train_module
 
+    # The figures come after the metrics and are checked above: only the training is compared.
+    monkeypatch.setattr(figures.RunFigures, "final", lambda *args, **kwargs: None)
     extra, total = RESUME_CASES[model]
     overrides = [*tiny_overrides(model), *extra, "train.checkpoint_every=4"]
     straight = train_module.train(compose_cfg(overrides), tmp_path / "a")
@@ -113,10 +126,9 @@ def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch, model):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module.plots, "plot_samples", interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(train_module.plots, "plot_samples", interrupt)
         train_module.train(compose_cfg([*overrides, "train.plot_every=6"]), tmp_path / "b")
-    monkeypatch.undo()
     assert torch.load(tmp_path / "b" / "model.pt", weights_only=True)["trainer"]["step"] == 4
     resumed = train_module.train(compose_cfg([*overrides, "train.resume=true"]), tmp_path / "b")
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"]
@@ -124,8 +136,10 @@ def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch, model):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["nll"] == straight["nll"] and resumed["steps"] == straight["steps"] == total
     assert resumed["train_seconds"] > 0
-    rows = (tmp_path / "b" / "history.csv").read_text().splitlines()
-    assert len(rows) == 1 + total
+    rows = [(tmp_path / r / "history.csv").read_text().splitlines() for r in ("a", "b")]
+    assert len(rows[1]) == 1 + total
+    without_seconds = [[line.split(",")[:4] + line.split(",")[5:] for line in r] for r in rows]
+    assert rows[0][0].split(",")[4] == "seconds" and without_seconds[0] == without_seconds[1]
 
 
 def test_help_teaches_the_command_line_before_the_config(compose_cfg, tmp_path):

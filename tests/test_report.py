@@ -223,7 +223,8 @@ def test_report_on_nothing_says_why(tmp_path, make, capsys):
         write_report(target)
 
 
-@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+# The basic launcher's sweep and its report: test_lifecycle.py's sweep with a failing job.
+@pytest.mark.parametrize("launcher", ["submitit_local"])
 def test_multirun_sweep_writes_runs_and_report(tmp_path, launcher):
     sweep = tmp_path / "sweep"
     cmd = tiny_sweep(

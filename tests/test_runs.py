@@ -17,9 +17,15 @@ import pytest
 import torch
 
 import genlab
+from genlab.figures import RunFigures
 from genlab.runner import train
 from genlab.runs import CHECKPOINT, CheckpointError
 from tests.conftest import tiny_overrides
+
+
+def no_figures(patch: pytest.MonkeyPatch) -> None:
+    """Skip drawing a run's figures (test_cli.py checks them): these tests read checkpoints."""
+    patch.setattr(RunFigures, "final", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +40,9 @@ def trained(compose_cfg, tmp_path_factory, _runs):
     def get(model: str):
         if model not in _runs:
             run_dir = tmp_path_factory.mktemp(model)
-            train(compose_cfg(tiny_overrides(model)), run_dir)
+            with pytest.MonkeyPatch.context() as patch:
+                no_figures(patch)
+                train(compose_cfg(tiny_overrides(model)), run_dir)
             _runs[model] = run_dir
         return _runs[model]
 
@@ -310,8 +318,11 @@ def test_resuming_with_other_settings_is_refused_naming_them(
     assert after["trainer"]["step"] == before["trainer"]["step"]
 
 
-def test_resume_may_change_how_a_run_reports_and_how_long_it_trains(trained, compose_cfg, tmp_path):
+def test_resume_may_change_how_a_run_reports_and_how_long_it_trains(
+    trained, compose_cfg, tmp_path, monkeypatch
+):
     """Progress, logging, plots, evaluation, threads and a longer budget are free to change."""
+    no_figures(monkeypatch)
     run_dir = copy_run(trained("nice"), tmp_path / "run")
     steps = read(run_dir)["trainer"]["step"]
     free = ["train.progress=true", "train.log_every=1", "eval.n_test=500", "threads=1"]
@@ -322,10 +333,11 @@ def test_resume_may_change_how_a_run_reports_and_how_long_it_trains(trained, com
 
 
 def test_a_setting_the_checkpoint_predates_applies_with_a_warning(
-    trained, compose_cfg, tmp_path, caplog
+    trained, compose_cfg, tmp_path, caplog, monkeypatch
 ):
     """A checkpoint written before a setting existed resumes; the log says the config's value
     applies."""
+    no_figures(monkeypatch)
     run_dir = copy_run(trained("nice"), tmp_path / "run")
     ckpt = copy.deepcopy(read(run_dir))
     del ckpt["config"]["train"]["warmup_steps"]

@@ -31,8 +31,8 @@ import genlab
 QUICK = os.environ.get("QUICK") == "1"
 common = ["plots.animate=false", "train.progress=false"]
 if QUICK:
-    common += ["train.steps=200", "eval.n_test=1000", "eval.n_w2=300", "eval.n_timing=300"]
-    common += ["eval.grid=24"]
+    common += ["train.steps=100", "eval.n_test=500", "eval.n_w2=200", "eval.n_timing=200"]
+    common += ["eval.grid=16"]
 
 # %% [markdown]
 # Each model brings its own training budget (NICE 5,000 steps, diffusion 20,000; see
