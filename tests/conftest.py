@@ -56,7 +56,7 @@ TINY_MODEL = {
 
 
 def tiny_overrides(model: str, data: str = "moons") -> list[str]:
-    return [f"model={model}", f"data={data}", *TINY, *TINY_MODEL[model]]
+    return [f"model={model}", f"data={data}", *TINY, *TINY_MODEL.get(model, [])]
 
 
 def tiny_sweep(*extra: str) -> list[str]:
