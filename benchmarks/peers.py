@@ -16,6 +16,11 @@ machines of one kind.
 - NICE vs zuko (``zuko.flows.NICE`` with ``AdditiveTransform``) and normflows (additive
   ``AffineCouplingBlock(scale=False)``), 8 couplings of 3x128: KL above the NICE floor.
 - CNF vs zuko's CNF (FFJORD transform, exact trace).
+- The flows after NICE, each against a stock peer at its defaults, on all eight toys: NSF vs
+  ``zuko.flows.NSF`` (3 autoregressive rational-quadratic spline transforms, 8 bins, 64x64),
+  RealNVP vs ``zuko.flows.RealNVP`` (3 affine couplings, 64x64), and on four toys Glow vs
+  normflows' Glow blocks (ActNorm, ``LULinearPermute``, an ``AffineCouplingBlock`` with
+  Glow's sigmoid scale; 8 blocks of 64x64, genlab's size).
 
 Install the peers with ``make bench`` (the ``bench`` extra, with torch held at the installed
 build), then::
@@ -41,11 +46,12 @@ from common import BY_TIME, train_run
 from torch import Tensor, nn
 
 from genlab import metrics
-from genlab.configs import get_toy
+from genlab.configs import data_options, get_toy
 from genlab.models.base import Model, StandardNormal
 from genlab.ode import NFECounter, Solver, transport_logdet
 
 DATA = ("8gaussians", "moons", "checkerboard", "2spirals")
+ALL = tuple(data_options())
 CNF_DATA = ("8gaussians", "moons")
 BATCH, LR = 256, 1e-3
 LIKELIHOOD = Solver("dopri5", atol=1e-6, rtol=1e-6)
@@ -244,6 +250,42 @@ def zuko_cnf_side(data: str, seconds: float, seed: int = 0) -> tuple[dict, int]:
     return score(model, data), steps
 
 
+def zuko_flow_side(name: str):
+    """A zuko flow at its defaults (``zuko.flows.<name>(2)``), trained by maximum likelihood."""
+
+    def side(data: str, seconds: float, seed: int = 0) -> tuple[dict, int]:
+        import zuko
+
+        torch.manual_seed(seed)
+        flow = getattr(zuko.flows, name)(2)
+        loss = lambda x: -flow().log_prob(x).mean()  # noqa: E731
+        steps = fit_for(seconds, loss, flow.parameters(), data, seed)
+        flow.requires_grad_(False)
+        model = DensityModel(lambda x: flow().log_prob(x), lambda n: flow().sample((n,)))
+        return score(model, data), steps
+
+    return side
+
+
+def normflows_glow_side(data: str, seconds: float, seed: int = 0) -> tuple[dict, int]:
+    import normflows as nf
+
+    torch.manual_seed(seed)
+    flows = []
+    for _ in range(8):  # base-to-data order: the data-to-latent order is ActNorm, W, coupling
+        mlp = nf.nets.MLP([1, 64, 64, 2], init_zeros=True)
+        flows += [
+            nf.flows.AffineCouplingBlock(mlp, scale_map="sigmoid"),
+            nf.flows.LULinearPermute(2),
+            nf.flows.ActNorm((2,)),
+        ]
+    model_nf = nf.NormalizingFlow(nf.distributions.DiagGaussian(2, trainable=False), flows)
+    steps = fit_for(seconds, lambda x: model_nf.forward_kld(x), model_nf.parameters(), data, seed)
+    model_nf.requires_grad_(False)
+    model = DensityModel(model_nf.log_prob, lambda n: model_nf.sample(n)[0])
+    return score(model, data), steps
+
+
 # genlab model, its overrides, the peer, its label, which data sets, how KL is read
 DUELS = {
     "rf-torchcfm": ("rectified_flow", [], torchcfm_side, "torchcfm (sigma=0)*", DATA),
@@ -251,6 +293,9 @@ DUELS = {
     "nice-zuko": ("nice", [], zuko_nice_side, "zuko NICE (additive)", DATA),
     "nice-normflows": ("nice", [], normflows_nice_side, "normflows NICE (additive)", DATA),
     "cnf-zuko": ("cnf", [], zuko_cnf_side, "zuko CNF", CNF_DATA),
+    "nsf-zuko": ("nsf", [], zuko_flow_side("NSF"), "zuko NSF", ALL),
+    "realnvp-zuko": ("realnvp", [], zuko_flow_side("RealNVP"), "zuko RealNVP", ALL),
+    "glow-normflows": ("glow", [], normflows_glow_side, "normflows Glow blocks", DATA),
 }
 
 

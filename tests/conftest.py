@@ -30,6 +30,9 @@ TINY = [
 ]
 TINY_MODEL = {
     "nice": ["model.couplings=2", "model.hidden=16", "model.depth=1"],
+    "realnvp": ["model.couplings=2", "model.hidden=16", "model.depth=1"],
+    "glow": ["model.steps=2", "model.hidden=16", "model.depth=1"],
+    "nsf": ["model.couplings=2", "model.bins=4", "model.hidden=16", "model.depth=1"],
     "cnf": [
         "model.velocity.hidden=16",
         "model.velocity.depth=1",

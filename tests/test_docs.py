@@ -1,6 +1,6 @@
-"""The README, the changelog and the pages in docs/ hold together: every relative link and image points at a
-file that exists, every ``#anchor`` names a heading of its page (as GitHub slugs it), and the
-README stays a short entry page."""
+"""The README, the changelog and the pages in docs/ hold together: every relative link and
+image points at a file that exists, every ``#anchor`` names a heading of its page (as GitHub
+slugs it), and the README stays a short entry page."""
 
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ import torch
 
 from tests.conftest import tiny_overrides
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+# One torch thread per command: pytest -n 2 runs two tests at once on two cores.
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 ENV.pop("HYDRA_FULL_ERROR", None)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import subprocess
 
 import numpy as np
@@ -233,7 +234,8 @@ def test_multirun_sweep_writes_runs_and_report(tmp_path, launcher):
     )
     if launcher == "submitit_local":
         cmd += ["hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a torch thread per job: two cores, two tests
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in sweep.glob("*/metrics.json")) == ["metrics.json"] * 2
     assert {p.parent.name for p in sweep.glob("*/metrics.json")} == {

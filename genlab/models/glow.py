@@ -1,0 +1,69 @@
+"""Glow in 2D: steps of ActNorm, an invertible linear map and an affine coupling.
+
+References:
+    Kingma, Dhariwal. "Glow: Generative Flow with Invertible 1x1 Convolutions" (NeurIPS 2018).
+"""
+
+from __future__ import annotations
+
+from genlab.checks import check_int
+from genlab.models.invertible import InvertibleFlow
+from genlab.models.layers import ActNorm, AffineCoupling, LULinear
+
+__all__ = ["Glow"]
+
+
+class Glow(InvertibleFlow):
+    """``steps`` Glow steps, each ActNorm, then ``W x`` with ``W = P L U``, then an affine
+    coupling, in the data-to-latent order.
+
+    On a 2-channel point Glow's invertible 1x1 convolution is a learned 2x2 matrix: it turns
+    the frame the next coupling splits, where NICE and RealNVP only swap the two coordinates.
+    ActNorm normalises each coordinate from the first training batch (its statistics are
+    saved, so a resumed run is not initialised again).
+
+    Arguments:
+        dim: dimension of the data (2 for the toys).
+        steps: number of Glow steps.
+        hidden, depth, activation: size of each coupling's conditioner MLP.
+        scale_bound: each log-scale is softly clamped to ``(-scale_bound, scale_bound)``.
+        prior: ``normal`` or ``logistic``.
+        identity_init: start every coupling as the identity (zero last layers).
+        fourier, fourier_scale: random Fourier features of ``x_a`` that each conditioner reads
+            beside ``x_a`` (0: none); see :class:`genlab.models.layers.Coupling`.
+
+    References:
+        Kingma, Dhariwal. "Glow: Generative Flow with Invertible 1x1 Convolutions" (NeurIPS 2018).
+    """
+
+    name = "glow"
+
+    def __init__(
+        self,
+        dim: int = 2,
+        steps: int = 8,
+        hidden: int = 64,
+        depth: int = 2,
+        activation: str = "tanh",
+        scale_bound: float = 3.0,
+        prior: str = "normal",
+        identity_init: bool = False,
+        fourier: int = 16,
+        fourier_scale: float = 0.5,
+    ) -> None:
+        check_int("steps", steps, 1)
+        layers = []
+        for k in range(steps):
+            coupling = AffineCoupling(
+                dim,
+                k % 2,
+                hidden,
+                depth,
+                activation,
+                identity_init,
+                fourier,
+                fourier_scale,
+                scale_bound=scale_bound,
+            )
+            layers += [ActNorm(dim), LULinear(dim), coupling]
+        super().__init__(dim, layers, prior)
