@@ -39,20 +39,18 @@ MIN_DERIVATIVE = 1e-3
 OFFSET = math.log(math.expm1(1 - MIN_DERIVATIVE))
 
 
-def _stacked_knots(theta: Tensor, bound: float) -> Tensor:
-    """The knots ``x``, ``y`` and derivatives ``d`` stacked: (..., 3, K + 1)."""
+def _knots(theta: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """The knots' ``x`` and ``y`` stacked, (..., 2, K + 1), and their derivatives (..., K + 1)."""
     bins = (theta.shape[-1] + 1) // 3
     if theta.shape[-1] != 3 * bins - 1:
         raise ValueError(f"a spline takes 3K - 1 parameters a coordinate, got {theta.shape[-1]}")
     sizes = torch.softmax(theta[..., : 2 * bins].unflatten(-1, (2, bins)), dim=-1)
     sizes = MIN_BIN + (1 - MIN_BIN * bins) * sizes  # widths and heights, fractions of 2B
-    inner = 2 * bound * torch.cumsum(sizes, dim=-1)[..., :-1] - bound  # (..., 2, K - 1)
-    d = MIN_DERIVATIVE + F.softplus(theta[..., None, 2 * bins :] + OFFSET)  # (..., 1, K - 1)
-    inner = torch.cat([inner, d], dim=-2)
-    # the ends exactly at -B and B (whatever the rounding of the sum), with slope 1 there
-    low = inner.new_tensor([-bound, -bound, 1.0]).expand(*inner.shape[:-1])[..., None]
-    high = inner.new_tensor([bound, bound, 1.0]).expand(*inner.shape[:-1])[..., None]
-    return torch.cat([low, inner, high], dim=-1)
+    ends = torch.cumsum(sizes, dim=-1)
+    ends = ends / ends[..., -1:]  # the last exactly 1 (x / x is 1 in floating point)
+    xy = 2 * bound * F.pad(ends, (1, 0)) - bound  # exactly -B and B at the ends
+    d = F.pad(MIN_DERIVATIVE + F.softplus(theta[..., 2 * bins :] + OFFSET), (1, 1), value=1.0)
+    return xy, d
 
 
 def knots(theta: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -62,16 +60,19 @@ def knots(theta: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
         ``(x, y, d)``, each (..., K + 1): knot abscissae and ordinates from ``-B`` to ``B``, and
         the derivatives there (1 at both ends).
     """
-    return _stacked_knots(theta, bound).unbind(-2)
+    xy, d = _knots(theta, bound)
+    return (*xy.unbind(-2), d)
 
 
-def _bin(knots: Tensor, v: Tensor, row: int) -> tuple[Tensor, ...]:
-    """The ends of the bin holding ``v`` (...), along ``knots[..., row, :]`` (x: 0, y: 1):
-    ``x_k, y_k, d_k, x_{k+1}, y_{k+1}, d_{k+1}``, each shaped as ``v``."""
-    inner = knots[..., row, 1:-1].contiguous()
+def _bin(theta: Tensor, bound: float, v: Tensor, row: int) -> tuple[Tensor, ...]:
+    """The ends of the bin holding ``v`` (...), found along the knots' ``x`` (``row`` 0) or
+    ``y`` (1): ``x_k, x_{k+1}, y_k, y_{k+1}, d_k, d_{k+1}``, each shaped as ``v``."""
+    xy, d = _knots(theta, bound)
+    inner = xy[..., row, 1:-1].contiguous()
     k = torch.searchsorted(inner, v[..., None].contiguous(), right=True)  # 0..K-1
-    ends = torch.gather(knots, -1, torch.cat([k, k + 1], -1)[..., None, :].expand(*v.shape, 3, 2))
-    return tuple(ends.transpose(-1, -2).flatten(-2).unbind(-1))
+    k = torch.cat([k, k + 1], -1)
+    ends = torch.gather(xy, -1, k[..., None, :].expand(*v.shape, 2, 2))
+    return (*ends.flatten(-2).unbind(-1), *torch.gather(d, -1, k).unbind(-1))
 
 
 def rq_spline(v: Tensor, theta: Tensor, bound: float) -> tuple[Tensor, Tensor]:
@@ -82,7 +83,7 @@ def rq_spline(v: Tensor, theta: Tensor, bound: float) -> tuple[Tensor, Tensor]:
     """
     inside = (v >= -bound) & (v <= bound)
     vc = v.clamp(-bound, bound)
-    x0, y0, d0, x1, y1, d1 = _bin(_stacked_knots(theta, bound), vc, 0)
+    x0, x1, y0, y1, d0, d1 = _bin(theta, bound, vc, 0)
     w, h = x1 - x0, y1 - y0
     s = h / w
     xi = ((vc - x0) / w).clamp(0, 1)
@@ -97,7 +98,7 @@ def rq_spline_inverse(u: Tensor, theta: Tensor, bound: float) -> Tensor:
     """The inverse of :func:`rq_spline` at ``u`` (...), in closed form."""
     inside = (u >= -bound) & (u <= bound)
     uc = u.clamp(-bound, bound)
-    x0, y0, d0, x1, y1, d1 = _bin(_stacked_knots(theta, bound), uc, 1)
+    x0, x1, y0, y1, d0, d1 = _bin(theta, bound, uc, 1)
     w, h = x1 - x0, y1 - y0
     s = h / w
     e = d1 + d0 - 2 * s
