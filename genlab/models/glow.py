@@ -44,7 +44,7 @@ class Glow(InvertibleFlow):
         steps: int = 8,
         hidden: int = 64,
         depth: int = 2,
-        activation: str = "tanh",
+        activation: str = "silu",
         scale_bound: float = 3.0,
         prior: str = "normal",
         identity_init: bool = False,

@@ -41,7 +41,7 @@ class RealNVP(InvertibleFlow):
         couplings: int = 8,
         hidden: int = 64,
         depth: int = 2,
-        activation: str = "tanh",
+        activation: str = "silu",
         scale_bound: float = 3.0,
         prior: str = "normal",
         identity_init: bool = False,
