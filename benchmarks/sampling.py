@@ -54,9 +54,12 @@ def main() -> None:
     for name in args.models:
         model = build(name)
         sampler = getattr(model, "sampler", None)
-        how = f"{sampler.method}, {sampler.steps} steps" if sampler is not None else "layers"
-        if sampler is not None and sampler.method == "dopri5":
-            how += " (adaptive: cost depends on the weights)"
+        if sampler is None:
+            how = "its layers"
+        elif sampler.method == "dopri5":
+            how = "dopri5 (adaptive: its cost depends on the weights)"
+        else:
+            how = f"{sampler.method}, {sampler.steps} steps"
         print(f"| {name} | {how} | {seconds(model, args.n, args.repeats):.3f} |", flush=True)
 
 
