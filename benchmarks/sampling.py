@@ -1,8 +1,8 @@
 """Seconds to draw 10,000 samples, every shipped model at its defaults, in one process.
 
-Each model is built from its config (``conf/model/<name>.yaml``) and timed as the yardstick
-times it (``genlab.metrics``' sampling timer: one warm-up draw, then the median of several),
-on one thread. The weights are the freshly initialised ones: a fixed-step sampler and a stack
+Each model is built from its config (``conf/model/<name>.yaml``) and timed by the yardstick's
+own timer (``genlab.metrics.sampling_cost``: a warm-up draw, then the median of several), on
+one thread. The weights are the freshly initialised ones: a fixed-step sampler and a stack
 of layers cost the same whatever their weights, while an adaptive solver's cost (dopri5) does
 depend on them, so models that sample with one are marked. Run on an idle machine:
 
@@ -13,14 +13,13 @@ depend on them, so models that sample with one are marked. Run on an idle machin
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from genlab.configs import model_options
+from genlab.metrics import sampling_cost
 
 
 def build(model: str) -> torch.nn.Module:
@@ -28,17 +27,6 @@ def build(model: str) -> torch.nn.Module:
         cfg = compose(config_name="config", overrides=[f"model={model}"])
     torch.manual_seed(0)
     return instantiate(cfg.model).eval().requires_grad_(False)
-
-
-def seconds(model: torch.nn.Module, n: int, repeats: int) -> float:
-    gen = torch.Generator().manual_seed(0)
-    model.sample(n, gen)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.sample(n, gen)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -60,7 +48,8 @@ def main() -> None:
             how = "dopri5 (adaptive: its cost depends on the weights)"
         else:
             how = f"{sampler.method}, {sampler.steps} steps"
-        print(f"| {name} | {how} | {seconds(model, args.n, args.repeats):.3f} |", flush=True)
+        cost = sampling_cost(model, args.n, torch.Generator().manual_seed(0), args.repeats)
+        print(f"| {name} | {how} | {cost['sample_seconds']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

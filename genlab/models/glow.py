@@ -52,18 +52,9 @@ class Glow(InvertibleFlow):
         fourier_scale: float = 0.5,
     ) -> None:
         check_int("steps", steps, 1)
+        conditioner = (hidden, depth, activation, identity_init, fourier, fourier_scale)
         layers = []
-        for k in range(steps):
-            coupling = AffineCoupling(
-                dim,
-                k % 2,
-                hidden,
-                depth,
-                activation,
-                identity_init,
-                fourier,
-                fourier_scale,
-                scale_bound=scale_bound,
-            )
+        for k in range(steps):  # LU's random start and the coupling's draws, step by step
+            coupling = AffineCoupling(dim, k % 2, *conditioner, scale_bound=scale_bound)
             layers += [ActNorm(dim), LULinear(dim), coupling]
         super().__init__(dim, layers, prior)

@@ -27,6 +27,7 @@ from genlab.models import spline
 from genlab.nn import MLP, check_fourier, fourier_features
 
 __all__ = [
+    "alternating",
     "Coupling",
     "AdditiveCoupling",
     "AffineCoupling",
@@ -102,6 +103,23 @@ class Coupling(nn.Module):
         x = y.clone()
         x[:, self.b] = self.untransform(y[:, self.b], self.theta(y))
         return x
+
+
+def alternating(
+    coupling: type[Coupling], count: int, dim: int, *conditioner, **options
+) -> list[Coupling]:
+    """``count`` couplings of one kind, alternating which half they transform (parity 0 first).
+
+    Arguments:
+        coupling: the coupling class.
+        count: how many (an int >= 1; the error names it ``couplings``).
+        dim: dimension of the points.
+        conditioner: ``hidden, depth, activation, identity_init, fourier, fourier_scale``, as
+            in :class:`Coupling`.
+        options: the coupling's own keywords (``scale_bound``, ``bins``, ``bound``).
+    """
+    check_int("couplings", count, 1)
+    return [coupling(dim, k % 2, *conditioner, **options) for k in range(count)]
 
 
 class AdditiveCoupling(Coupling):

@@ -10,9 +10,8 @@ import re
 
 from torch import nn
 
-from genlab.checks import check_int
 from genlab.models.invertible import InvertibleFlow
-from genlab.models.layers import AdditiveCoupling, DiagonalScaling
+from genlab.models.layers import AdditiveCoupling, DiagonalScaling, alternating
 
 __all__ = ["AdditiveCoupling", "DiagonalScaling", "NICE"]
 
@@ -55,13 +54,8 @@ class NICE(InvertibleFlow):
         fourier: int = 16,
         fourier_scale: float = 0.5,
     ) -> None:
-        check_int("couplings", couplings, 1)
-        shears = (
-            AdditiveCoupling(
-                dim, k % 2, hidden, depth, activation, identity_init, fourier, fourier_scale
-            )
-            for k in range(couplings)
-        )
+        conditioner = (hidden, depth, activation, identity_init, fourier, fourier_scale)
+        shears = alternating(AdditiveCoupling, couplings, dim, *conditioner)
         super().__init__(dim, [*shears, DiagonalScaling(dim)], prior)
         self._register_load_state_dict_pre_hook(_rename_old_keys)
 

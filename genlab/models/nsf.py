@@ -6,9 +6,8 @@ References:
 
 from __future__ import annotations
 
-from genlab.checks import check_int
 from genlab.models.invertible import InvertibleFlow
-from genlab.models.layers import SplineCoupling
+from genlab.models.layers import SplineCoupling, alternating
 
 __all__ = ["NSF"]
 
@@ -51,20 +50,6 @@ class NSF(InvertibleFlow):
         fourier: int = 16,
         fourier_scale: float = 0.5,
     ) -> None:
-        check_int("couplings", couplings, 1)
-        layers = [
-            SplineCoupling(
-                dim,
-                k % 2,
-                hidden,
-                depth,
-                activation,
-                identity_init,
-                fourier,
-                fourier_scale,
-                bins=bins,
-                bound=bound,
-            )
-            for k in range(couplings)
-        ]
+        conditioner = (hidden, depth, activation, identity_init, fourier, fourier_scale)
+        layers = alternating(SplineCoupling, couplings, dim, *conditioner, bins=bins, bound=bound)
         super().__init__(dim, layers, prior)

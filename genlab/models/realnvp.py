@@ -6,9 +6,8 @@ References:
 
 from __future__ import annotations
 
-from genlab.checks import check_int
 from genlab.models.invertible import InvertibleFlow
-from genlab.models.layers import AffineCoupling
+from genlab.models.layers import AffineCoupling, alternating
 
 __all__ = ["RealNVP"]
 
@@ -48,19 +47,6 @@ class RealNVP(InvertibleFlow):
         fourier: int = 16,
         fourier_scale: float = 0.5,
     ) -> None:
-        check_int("couplings", couplings, 1)
-        layers = [
-            AffineCoupling(
-                dim,
-                k % 2,
-                hidden,
-                depth,
-                activation,
-                identity_init,
-                fourier,
-                fourier_scale,
-                scale_bound=scale_bound,
-            )
-            for k in range(couplings)
-        ]
+        conditioner = (hidden, depth, activation, identity_init, fourier, fourier_scale)
+        layers = alternating(AffineCoupling, couplings, dim, *conditioner, scale_bound=scale_bound)
         super().__init__(dim, layers, prior)
