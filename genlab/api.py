@@ -32,6 +32,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict, read_write
 
 from genlab.configs import check_additions, compose_config
+from genlab.files import ENCODING, read_text, write_text
 from genlab.models.base import Model
 from genlab.runs import CHECKPOINT, load_run, load_toy
 
@@ -66,12 +67,12 @@ class Run:
     @cached_property
     def metrics(self) -> dict:
         """``metrics.json``: the yardstick's numbers (keys in docs/yardstick.md)."""
-        return json.loads((self.dir / "metrics.json").read_text())
+        return json.loads(read_text(self.dir / "metrics.json"))
 
     @cached_property
     def history(self) -> list[dict]:
         """``history.csv``: one row per training step (round, step, loss, lr, seconds, NFE)."""
-        with open(self.dir / "history.csv", newline="") as f:
+        with open(self.dir / "history.csv", newline="", encoding=ENCODING) as f:
             return list(csv.DictReader(f))
 
     @property
@@ -117,8 +118,8 @@ def _save_hydra_dir(run_dir: Path, cfg, overrides: list[str]) -> None:
     """``.hydra/config.yaml`` and ``overrides.yaml``, as the CLI leaves them."""
     hydra_dir = run_dir / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, hydra_dir / "config.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
+    write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
 def train(
@@ -159,7 +160,7 @@ def train(
     check_additions(cfg, overrides, list(runtime.runtime.choices))
     build(cfg, where, preflight=True)  # every check before a file is written
     _save_hydra_dir(where, cfg, overrides)
-    handler = logging.FileHandler(where / "genlab.log")
+    handler = logging.FileHandler(where / "genlab.log", encoding=ENCODING)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -230,6 +231,6 @@ def sweep(
         raise RuntimeError(f"genlab -m {' '.join(args)} failed: {last[-1] if last else ''}")
     root = Path(sweep_dir)
     rows, _ = collect(root)
-    with open(root / "leaderboard.csv", newline="") as f:
+    with open(root / "leaderboard.csv", newline="", encoding=ENCODING) as f:
         board = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return Sweep(root, [Run(root / r["run"]) for r in rows], board)

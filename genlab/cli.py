@@ -18,7 +18,6 @@ What the command adds to ``train``:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,8 +34,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from genlab.configs import check_additions, compose_config, key_owners, model_options
+from genlab.configs import check_additions, compose_config, key_owners, model_options, options
 from genlab.errors import GenlabError, RunDirError
+from genlab.files import write_json
 from genlab.fit import Stopped
 from genlab.runner import build, build_logger, train
 from genlab.runs import ERROR_FILE, RUN_FILES, check_run_dir
@@ -140,8 +140,11 @@ def _record_failure(run_dir: Path, error: Exception) -> None:
         "error": reason,
         "job": HydraConfig.get().job.num,
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ERROR_FILE).write_text(json.dumps(failure, indent=2) + "\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / ERROR_FILE, failure)
+    except OSError as e:  # a full disk: the log (and the sweep's exit code) still tell
+        log.error("could not record the failure in %s: %s", run_dir / ERROR_FILE, e)
 
 
 # conf/ sits at the repository root and is installed as the package genlab.conf, so one path
@@ -190,15 +193,46 @@ def foreign_key_hint(argv: list[str]) -> str | None:
     if not model_keys:
         return None
     try:
-        chosen = compose_config(rest, hydra=True).hydra.runtime.choices.model
+        composed = compose_config(rest, hydra=True)
+        chosen, missing = composed.hydra.runtime.choices.model, object()
         for override in model_keys:
             key = override.key_or_group[len("model.") :]
+            if OmegaConf.select(composed.model, key, default=missing) is not missing:
+                continue  # the chosen model has it: the error lies elsewhere
             owners = key_owners(key)
             if owners and chosen not in owners:
                 owned = ", ".join(owners)
                 return f"genlab: model.{key} belongs to {owned}; model={chosen} has no such key"
     except Exception:  # noqa: BLE001 (a hint is a courtesy: never mask the real error)
         return None
+    return None
+
+
+def unknown_option(argv: list[str]) -> str | None:
+    """The first ``group=option`` on the command line (a sweep's options included) whose
+    option the config group lacks, as ``data=nonexistent``; ``None`` if every one exists.
+    Hydra has then printed its list of the options."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            (override,) = OverridesParser.create().parse_overrides([arg])
+        except Exception:  # noqa: BLE001 (not an override: Hydra reports it itself)
+            continue
+        group = override.key_or_group
+        if "." in group or override.is_delete():
+            continue
+        try:
+            known = options(group)
+        except Exception:  # noqa: BLE001 (no such group: Hydra's own error)
+            continue
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.value()]
+        for value in values:
+            if known and isinstance(value, str) and value not in known:
+                return f"{group}={value}"
     return None
 
 
@@ -224,4 +258,6 @@ def main() -> None:
     except SystemExit as e:
         if e.code not in (0, None) and (hint := foreign_key_hint(sys.argv[1:])):
             print(hint, file=sys.stderr)
+        if e.code == 1 and unknown_option(sys.argv[1:]):
+            sys.exit(2)  # a bad value, as every other one: Hydra printed the options there are
         raise

@@ -7,7 +7,15 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["GenlabError", "ConfigError", "CheckpointError", "RunDirError", "Diverged"]
+__all__ = [
+    "GenlabError",
+    "ConfigError",
+    "CheckpointError",
+    "RunDirError",
+    "WriteError",
+    "TooLarge",
+    "Diverged",
+]
 
 
 class GenlabError(Exception):
@@ -24,6 +32,26 @@ class CheckpointError(GenlabError, ValueError):
 
 class RunDirError(GenlabError, OSError):
     """A run dir that holds another run, or that cannot be written."""
+
+
+class WriteError(GenlabError, OSError):
+    """A file that could not be written: a full disk, or another ``OSError`` while writing.
+
+    Attributes:
+        path: the file.
+        full: whether the disk (or the quota) was full.
+    """
+
+    def __init__(self, message: str, path=None, full: bool = False) -> None:
+        super().__init__(message)
+        self.path, self.full = path, full
+
+    def __reduce__(self):  # picklable with its fields (a sweep's launcher may pickle it)
+        return type(self), (str(self), self.path, self.full)
+
+
+class TooLarge(GenlabError, ValueError):
+    """A request whose result or working memory would not fit in the machine's memory."""
 
 
 class Diverged(GenlabError, FloatingPointError):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from genlab import plots, scores
+from genlab.files import atomic
 from genlab.fit import TRAJECTORY_PATHS
 from genlab.models.base import Layered, Model, Transport
 
@@ -91,9 +92,8 @@ class RunFigures:
         log_q = plots.grid_log_density(model.log_prob, bound, self.grid, model.device, dtype)
         log_p = plots.grid_log_density(self.toy.log_prob, bound, self.grid, "cpu", torch.float64)
         plots.plot_density(log_p, log_q, bound, title, self.run_dir / "density.png")
-        np.savez_compressed(
-            self.run_dir / "samples.npz", samples=xs[:2000], log_density=log_q, bound=bound
-        )
+        with atomic(self.run_dir / "samples.npz") as tmp:
+            np.savez_compressed(tmp, samples=xs[:2000], log_density=log_q, bound=bound)
         if isinstance(model, Transport):
             self._transport(title, records, dtype)
         if self.animate:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from genlab import metrics, scores
-from genlab.errors import GenlabError
+from genlab.errors import CheckpointError, GenlabError
 from genlab.models.base import Model, Stage, Transport
 from genlab.runs import CHECKPOINT, resume_checkpoint, save_checkpoint
 from genlab.trainer import History, Trainer
@@ -132,10 +132,17 @@ class Fit:
         self.stage = 0  # index of the stage in progress
         self.stage_data: tuple[Tensor, ...] | None = None  # its fixed training set, if any
         self.records: list[dict] = []  # per finished stage of a multi-stage model
+        self.saved: tuple[int, int] | None = None  # (stage, step) of the last checkpoint
 
     # ----------------------------------------------------------------- checkpoints
     def save(self, trainer: Trainer) -> None:
-        """Write ``model.pt`` (atomically) and ``history.csv`` at ``trainer``'s step."""
+        """Write ``history.csv`` and ``model.pt`` at ``trainer``'s step, each atomically.
+
+        The history goes first: if the checkpoint then fails to be written, the history is
+        ahead of the previous checkpoint, and a resume cuts it back to that checkpoint's step
+        (:meth:`restore`); it is never behind the checkpoint, which would lose rows.
+        """
+        self.history.write(self.run_dir / "history.csv")
         save_checkpoint(
             self.run_dir / CHECKPOINT,
             {
@@ -148,10 +155,26 @@ class Fit:
                 "records": self.records,
             },
         )
-        self.history.write(self.run_dir / "history.csv")
+        self.saved = (trainer.round, trainer.step)
+
+    def resume_advice(self, fix: str = "free space") -> str:
+        """What survives a failed write and how to go on (``fix`` first), for its one line."""
+        if self.saved is None:
+            return f"no checkpoint was written yet; {fix} and train again"
+        stage, step = self.saved
+        at = f"step {step}" + (f" of stage {stage}" if len(self.trainers) > 1 else "")
+        return (
+            f"the last checkpoint ({at}) is intact; {fix} and resume with "
+            f"train.resume=true hydra.run.dir={self.run_dir}"
+        )
 
     def restore(self) -> None:
-        """Continue from ``model.pt`` in the run dir (when ``train.resume`` is set)."""
+        """Continue from ``model.pt`` in the run dir (when ``train.resume`` is set).
+
+        Raises:
+            CheckpointError: the checkpoint is broken or holds another run, or ``history.csv``
+                is damaged before the checkpoint's step (rows the resume cannot rebuild).
+        """
         if not (self.run_dir / CHECKPOINT).exists():
             log.info("train.resume=true but %s has no %s: starting fresh", self.run_dir, CHECKPOINT)
             return
@@ -166,9 +189,37 @@ class Fit:
         self.data_gen.set_state(ckpt["rng"]["data"].to(self.data_gen.device))
         self.stage = k
         self.stage_data = None if ckpt["stage_data"] is None else tuple(ckpt["stage_data"])
-        self.history = History.read(self.run_dir / "history.csv")
-        self.history.truncate(k, self.trainers[k].step)
+        self.history = self._restore_history(k)
+        self.saved = (k, self.trainers[k].step)
         log.info("resumed %s at stage %d step %d", self.run_dir, k, self.trainers[k].step)
+
+    def _restore_history(self, k: int) -> History:
+        """``history.csv`` cut back to the checkpoint's step, and repaired when only rows after
+        that step are damaged. A file that ends before the checkpoint's step is refused, since
+        the lost rows cannot be rebuilt; a deleted one is accepted with a warning."""
+        path = self.run_dir / "history.csv"
+        step = self.trainers[k].step
+        if not path.exists():
+            log.warning("%s is missing: the loss history up to step %d is lost", path, step)
+            return History()
+        history = History.read(path)
+        history.truncate(k, step)
+        last = history.rows[-1] if history.rows else None
+        at = None if last is None else (int(last["round"]), int(last["step"]))
+        if step:
+            wanted = (k, step)
+        else:  # a stage that has not begun: the history ends with the stage before
+            wanted = (k - 1, self.trainers[k - 1].step) if k else None
+        if at != wanted:
+            ends = "holds no step" if at is None else f"ends at step {at[1]} of stage {at[0]}"
+            why = f"{history.damage}, so it {ends}" if history.damage else f"it {ends}"
+            raise CheckpointError(
+                f"{path}: {why}, short of {CHECKPOINT}'s step {step} of stage {k}: restore it, "
+                "or delete it to resume without the loss history up to that step"
+            )
+        if history.damage:
+            log.warning("%s: %s, after the checkpoint's step: dropped", path, history.damage)
+        return history
 
     # ----------------------------------------------------------------- training
     def _batches(self, k: int, stage: Stage, trainer: Trainer) -> Callable[[], tuple]:

@@ -76,7 +76,8 @@ def markdown() -> str:
         "the command line (`key=value`); a model's keys apply when that model is chosen "
         "(`model=cnf model.kinetic=0.01`), and its `train.*` keys replace the main config's.\n",
         _table(
-            "Main config (`conf/config.yaml`)", list(rows(conf.joinpath("config.yaml").read_text()))
+            "Main config (`conf/config.yaml`)",
+            list(rows(conf.joinpath("config.yaml").read_text(encoding="utf-8"))),
         ),
     ]
     for group in ("model", "logger"):
@@ -85,7 +86,7 @@ def markdown() -> str:
                 continue
             name = entry.name[: -len(".yaml")]
             prefix = "" if group == "model" else f"{group}."
-            entries = list(rows(entry.read_text(), prefix))
+            entries = list(rows(entry.read_text(encoding="utf-8"), prefix))
             parts.append(_table(f"`{group}={name}` (`conf/{group}/{entry.name}`)", entries))
     return "\n".join(parts)
 

@@ -68,7 +68,8 @@ def kl_to_truth(model: Model, toy, n: int = 20_000, generator=None) -> dict[str,
     device = model.device
     x = toy.sample(n, generator).to(device)
     log_q = batched_log_prob(model, x).cpu()
-    log_p = toy.log_prob(x.double()).cpu()
+    # the truth in chunks too: a curve toy's quadrature holds kilobytes per point
+    log_p = torch.cat([toy.log_prob(c.double()).cpu() for c in x.split(10_000)])
     diff = log_p - log_q
     return {
         "nll": -log_q.mean().item(),
@@ -198,7 +199,7 @@ def machine(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     name = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             name = next(
                 line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
             )

@@ -25,6 +25,8 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedFormatter, FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
+from genlab.files import atomic  # noqa: E402
+
 __all__ = [
     "grid_points",
     "grid_log_density",
@@ -106,8 +108,11 @@ def _figure(ncols: int, panel: float, extra_width: float = 0.0, extra_height: fl
 
 
 def _save(fig: Figure, path) -> None:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        with atomic(path) as tmp:
+            fig.savefig(tmp, dpi=DPI)
+    finally:
+        plt.close(fig)
 
 
 def plot_samples(data: np.ndarray, samples: np.ndarray, bound: float, title: str, path) -> None:
@@ -325,7 +330,7 @@ def animate_flow(
     fig.canvas.draw()
     fig.set_layout_engine("none")  # keep the first frame's layout: only the points move
     writer = PillowWriter(fps=FPS)
-    with writer.saving(fig, path, dpi=GIF_DPI):
+    with atomic(path) as tmp, writer.saving(fig, tmp, dpi=GIF_DPI):
         for f, text in enumerate(captions):
             for panel, image, tracks, dots, caption in drawn:
                 if image is not None:

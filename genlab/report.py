@@ -14,13 +14,13 @@ call it at the end through :class:`SweepReport`.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import logging
 import math
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageSequence
 
 from genlab import plots, scores
+from genlab.files import ENCODING, atomic, atomic_group, csv_text, read_text, write_text
 from genlab.ode import SOLVERS
 from genlab.plots import FPS, GIF_DPI
 from genlab.runs import ERROR_FILE
@@ -92,7 +93,7 @@ def sweep_order(runs: list[dict], key: str) -> list[str]:
 def _job_num(run_dir: Path) -> int | None:
     """``hydra.job.num`` from the run's ``.hydra/hydra.yaml``; ``None`` if it has none."""
     try:
-        num = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"]
+        num = yaml.safe_load(read_text(run_dir / ".hydra" / "hydra.yaml"))["hydra"]["job"]["num"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
     return num if isinstance(num, int) else None
@@ -122,21 +123,80 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
     runs, problems = [], []
     for path in paths:
         try:
-            m = json.loads(path.read_text())
-            if not isinstance(m, dict):
-                raise ValueError("not a JSON object")
-            missing = [k for k in ("model", "data", "kl", "w2") if k not in m]
-            if missing:
-                raise ValueError(f"missing keys {missing}")
-        except (OSError, ValueError) as e:
-            problems.append(f"{path}: {e}")
+            m = _read_metrics(path)
+            _check_samples(path.parent / "samples.npz")
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+            problems.append(f"{path.parent.relative_to(root)}: {_reason(e)}")
             continue
         m["run"] = str(path.parent.relative_to(root))
         m["job"] = _job_num(path.parent)
         runs.append(m)
+    failed = {p.parent for p in root.rglob(ERROR_FILE)}
+    for hydra_dir in sorted(root.rglob(".hydra")):
+        run = hydra_dir.parent
+        if run != root and run not in failed and not (run / "metrics.json").exists():
+            problems.append(f"{run.relative_to(root)}: no metrics.json (it did not finish)")
     datas, models = sweep_order(runs, "data"), sweep_order(runs, "model")
     runs.sort(key=lambda m: (datas.index(m["data"]), models.index(m["model"])))
     return runs, problems
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if isinstance(e, ValueError) and text else f"{type(e).__name__}: {text}"
+
+
+#: Entries of metrics.json the report reads, and the types it needs them to have.
+_TEXT_KEYS = ("model", "data")
+_NUMBER_KEYS = ("kl", "w2")
+_OPTIONAL_NUMBERS = (*COLUMNS[3:-1], "kl_se", "steps_per_second")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _read_metrics(path: Path) -> dict:
+    """A run's ``metrics.json``, checked to hold what the report reads, of the right types.
+
+    Raises:
+        ValueError: naming the file's fault (not JSON, a missing or ill-typed key).
+    """
+    try:
+        m = json.loads(read_text(path))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"metrics.json is not UTF-8 text ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"metrics.json is not JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(m, dict):
+        raise ValueError("metrics.json is not a JSON object")
+    missing = [k for k in (*_TEXT_KEYS, *_NUMBER_KEYS) if k not in m]
+    if missing:
+        raise ValueError(f"metrics.json lacks {', '.join(missing)}")
+    for key in _TEXT_KEYS:
+        if not isinstance(m[key], str):
+            raise ValueError(f"metrics.json: {key} is {m[key]!r}, not a name")
+    for key in _NUMBER_KEYS + tuple(k for k in _OPTIONAL_NUMBERS if m.get(k) is not None):
+        if not _is_number(m[key]):
+            raise ValueError(f"metrics.json: {key} is {m[key]!r}, not a number")
+    return m
+
+
+def _check_samples(path: Path) -> None:
+    """Refuse a damaged ``samples.npz`` (the gallery's arrays); an absent one is no fault
+    (the run's gallery cells stay blank)."""
+    if not path.exists():
+        return
+    try:
+        with np.load(path) as f:
+            samples, logd, bound = f["samples"], f["log_density"], f["bound"]
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        raise ValueError(f"samples.npz is damaged ({_reason(e)})") from None
+    if samples.ndim != 2 or samples.shape[1] != 2 or logd.ndim != 2 or bound.size != 1:
+        raise ValueError(
+            f"samples.npz holds arrays of shapes {samples.shape}, {logd.shape}, {bound.shape}, "
+            "not (n, 2) samples, a square log-density and a bound"
+        )
 
 
 def collect_failures(sweep_dir: str | Path) -> list[dict]:
@@ -146,7 +206,7 @@ def collect_failures(sweep_dir: str | Path) -> list[dict]:
     failures = []
     for path in sorted(root.rglob(ERROR_FILE)):
         try:
-            failure = json.loads(path.read_text())
+            failure = json.loads(read_text(path))
             if not isinstance(failure, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
@@ -387,9 +447,16 @@ def write_report(sweep_dir: str | Path, animate: bool = False) -> list[dict]:
     few-step samplers, ``quality_vs_nfe.png`` into ``sweep_dir``; with ``animate`` also
     ``gallery.gif`` (see :func:`animate_gallery`).
 
-    Raises ``FileNotFoundError`` if the dir is missing and ``ValueError`` if it is a single run
-    or holds no readable run (or, with ``animate``, no ``flow.gif``); unreadable runs are
-    logged and skipped.
+    The files are drawn first and put in place together (:func:`genlab.files.atomic_group`):
+    a failure leaves the previous report whole, never a new leaderboard beside an old gallery
+    (``gallery.gif`` follows them, so runs without a ``flow.gif`` still get the rest).
+    A run whose ``metrics.json`` is unreadable or ill-typed, whose ``samples.npz`` is damaged,
+    or that has no ``metrics.json`` (it did not finish), is left out and named with the reason
+    under "Skipped runs" in ``leaderboard.md``.
+
+    Raises ``FileNotFoundError`` if the dir is missing, ``ValueError`` if it is a single run or
+    holds no readable run (or, with ``animate``, no ``flow.gif``), and
+    :class:`genlab.errors.WriteError` if a file cannot be written.
     """
     root = Path(sweep_dir)
     runs, problems = collect(root)
@@ -401,28 +468,44 @@ def write_report(sweep_dir: str | Path, animate: bool = False) -> list[dict]:
     if not runs:
         detail = f" ({len(problems)} unreadable)" if problems else ""
         if failures:
-            (root / "leaderboard.md").write_text(
-                f"Every run failed.\n\n## Failed runs\n\n{failures_markdown(failures)}"
-            )
+            board = f"Every run failed.\n\n## Failed runs\n\n{failures_markdown(failures)}"
+            write_text(root / "leaderboard.md", board + skipped_markdown(problems))
             detail += f" ({len(failures)} failed: see {root / 'leaderboard.md'})"
         raise ValueError(f"no runs with a readable metrics.json under {root}{detail}")
     board = leaderboard_markdown(runs)
     if failures:
         board += f"\n## Failed runs\n\n{failures_markdown(failures)}"
-    (root / "leaderboard.md").write_text(board)
-    with open(root / "leaderboard.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(runs)
-    draw_gallery(root, runs).savefig(root / "gallery.png", dpi=100)
-    if animate:
-        animate_gallery(root, runs, root / "gallery.gif")
+    board += skipped_markdown(problems)
     panels = quality_panels(runs)
-    if panels:
-        title = f"W2 against NFE: {root.name}"
-        plots.plot_quality_vs_nfe(panels, title, root / "quality_vs_nfe.png")
+    names = ["leaderboard.md", "leaderboard.csv", "gallery.png"]
+    names += ["quality_vs_nfe.png"] * bool(panels)
+    # Everything is drawn into temporary files first and put in place together: a failure
+    # anywhere leaves the previous report whole.
+    with atomic_group([root / name for name in names]) as temps:
+        tmp = dict(zip(names, temps, strict=True))
+        tmp["leaderboard.md"].write_bytes(board.encode(ENCODING))
+        table = csv_text(COLUMNS, runs, extrasaction="ignore")
+        tmp["leaderboard.csv"].write_bytes(table.encode(ENCODING))
+        draw_gallery(root, runs).savefig(tmp["gallery.png"], dpi=100)
+        if panels:
+            title = f"W2 against NFE: {root.name}"
+            plots.plot_quality_vs_nfe(panels, title, tmp["quality_vs_nfe.png"])
+    if animate:  # after the rest: runs without a flow.gif still get their leaderboard
+        with atomic(root / "gallery.gif") as tmp_gif:
+            animate_gallery(root, runs, tmp_gif)
     log.info("report of %d run%s written to %s", len(runs), "" if len(runs) == 1 else "s", root)
     return runs
+
+
+def skipped_markdown(problems: list[str]) -> str:
+    """The runs the report left out, with the reason, as a Markdown section ('' if none)."""
+    if not problems:
+        return ""
+    lines = ["| run | reason |", "|---|---|"]
+    for p in problems:
+        run, _, reason = p.partition(": ")
+        lines.append(f"| {run} | {reason.replace('|', chr(92) + '|')} |")
+    return "\n## Skipped runs\n\n" + "\n".join(lines) + "\n"
 
 
 class SweepReport(Callback):
@@ -438,6 +521,8 @@ class SweepReport(Callback):
             write_report(sweep)
         except (OSError, ValueError) as e:
             log.error("no sweep report: %s", e)
+        except Exception:  # a bug: its traceback, but the sweep's runs and exit code stand
+            log.exception("no sweep report: the report failed")
         failures = collect_failures(sweep) if sweep.is_dir() else []
         if failures:
             jobs = len(list(sweep.glob("*/.hydra")))
@@ -464,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"genlab-report: {e}", file=sys.stderr)
         return 1
-    print(leaderboard_markdown(runs), end="")
+    text, encoding = leaderboard_markdown(runs), sys.stdout.encoding or ENCODING
+    print(text.encode(encoding, "replace").decode(encoding), end="")  # ± as ? on an ASCII tty
     return 0
 
 

@@ -7,7 +7,7 @@ once, and it knows models only through their common interface.
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import random
 import re
@@ -19,15 +19,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from genlab import metrics, plots  # noqa: F401  (plots: the figures' module, patched in tests)
 from genlab.checks import check_int
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, GenlabError, WriteError
 from genlab.figures import RunFigures
+from genlab.files import write_json
 from genlab.fit import Fit
 from genlab.loggers import Logger, RunLog
+from genlab.memory import check_fits
 from genlab.models.base import Model
-from genlab.runs import CHECKPOINT, check_resume, check_run_dir
+from genlab.runs import CHECKPOINT, RunLock, check_resume, check_run_dir
 
 __all__ = ["build", "build_logger", "train", "resolve_device"]
 
@@ -60,10 +63,70 @@ def _check_config(cfg: DictConfig) -> None:
             "(conf/model/*.yaml), or give one: train.steps=N"
         )
     check_int("train.batch_size", cfg.train.batch_size, 1)
-    check_int("seed", cfg.seed)
+    check_int("seed", cfg.seed, 0, MAX_SEED)
     check_int("threads", cfg.threads, 1, none=True)
     for key in ("plot_every", "checkpoint_every"):
         check_int(f"train.{key}", cfg.train[key], 0)
+    e = cfg.eval
+    check_int("eval.seed", e.seed, 0, MAX_SEED)
+    check_int("eval.n_test", e.n_test, 2)  # a standard error needs two points
+    check_int("eval.n_w2", e.n_w2, 2)
+    check_int("eval.n_timing", e.n_timing, 1)
+    check_int("eval.grid", e.grid, 16)  # flow.gif's p_t frames take an eighth of it, >= 2
+
+
+#: The largest seed: numpy's global stream takes seeds below 2**32.
+MAX_SEED = 2**32 - 1
+
+#: Estimated bytes of memory per unit of each evaluation setting (measured on every toy:
+#: sampling a toy takes up to 111 bytes a point, the test set, its log-densities and their
+#: difference 40 more; POT's exact W2 holds 41 bytes per pair of points; a density grid's
+#: points and values in both precisions 48 bytes a point). Evaluation works in chunks
+#: otherwise, so these are what grows with the setting.
+EVAL_BYTES = {"n_test": 192, "n_w2": 48, "n_timing": 192, "grid": 48}
+#: Training's peak memory against the autograd's saved tensors per sample (measured 0.89 to
+#: 1.16 on every model at batch 100,000).
+TRAIN_MEMORY_FACTOR = 1.25
+
+
+def _saved_bytes(model: Model, x: Tensor) -> int:
+    """Bytes the autograd keeps for the backward pass of ``model.loss(x)``."""
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.loss(x)
+    return total
+
+
+def check_memory(cfg: DictConfig, model: Model, toy) -> None:
+    """Refuse settings whose memory would not fit (:func:`genlab.memory.check_fits`), naming
+    the key: the evaluation sizes by :data:`EVAL_BYTES` (``eval.n_w2`` by its square), and
+    ``train.batch_size`` by what one training step of this model keeps for its backward pass,
+    measured on two small batches (the difference, so the weights do not count) and scaled
+    by :data:`TRAIN_MEMORY_FACTOR`. The measurement runs on a copy of the model, with the
+    random state restored, so the run is the same with or without it."""
+    e, fix = cfg.eval, "lower it"
+    check_fits(f"eval.n_test={e.n_test}", e.n_test * EVAL_BYTES["n_test"], fix)
+    check_fits(f"eval.n_w2={e.n_w2}", e.n_w2**2 * EVAL_BYTES["n_w2"], fix)
+    check_fits(f"eval.n_timing={e.n_timing}", e.n_timing * EVAL_BYTES["n_timing"], fix)
+    check_fits(f"eval.grid={e.grid}", e.grid**2 * EVAL_BYTES["grid"], fix)
+    batch = cfg.train.batch_size
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        probe = copy.deepcopy(model)
+        device, dtype = model.device, next(model.parameters()).dtype
+        x = toy.sample(64, torch.Generator().manual_seed(0)).to(device, dtype)
+        try:
+            per_sample = (_saved_bytes(probe, x) - _saved_bytes(probe, x[:32])) / 32
+        except Exception as err:  # noqa: BLE001 (a model whose loss needs other batches: no estimate)
+            log.debug("no memory estimate for train.batch_size: %s", err)
+            return
+    need = TRAIN_MEMORY_FACTOR * batch * max(per_sample, 0)
+    check_fits(f"train.batch_size={batch}", need, "lower it")
 
 
 def _config_error(e: InstantiationException) -> ConfigError:
@@ -109,6 +172,7 @@ def build(
         toy = instantiate(cfg.data)
         model: Model = instantiate(cfg.model).to(device)
         config = OmegaConf.to_container(cfg, resolve=True)
+        check_memory(cfg, model, toy)
         fit = Fit(
             model,
             toy,
@@ -122,7 +186,7 @@ def build(
     except InstantiationException as e:
         raise _config_error(e) from e
     except ValueError as e:
-        raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from e
+        raise e if isinstance(e, GenlabError) else ConfigError(str(e)) from e
     logger = build_logger(cfg)
     check_run_dir(run_dir, cfg.train.resume)
     if cfg.train.resume and (run_dir / CHECKPOINT).exists():
@@ -130,6 +194,27 @@ def build(
             if not preflight:
                 log.warning("resuming %s: %s; the config's value applies", run_dir, absent)
     return toy, model, fit, logger
+
+
+def _fit_and_evaluate(cfg, toy, model: Model, fit: Fit, figures: RunFigures, run_log) -> dict:
+    """Train, evaluate, draw and write ``metrics.json``; returns the metrics."""
+    device = model.device
+    fit.run(hooks=[(cfg.train.plot_every, figures.progress), run_log.hook])
+
+    out = {"model": model.name, "data": toy.name, "seed": cfg.seed, "device": str(device)}
+    out["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)  # trained
+    out.update(fit.summary())
+    log.info("evaluating %s on %s", model.name, toy.name)
+    e = cfg.eval
+    out.update(
+        metrics.evaluate(model, toy, seed=e.seed, n_test=e.n_test, n_w2=e.n_w2, n_timing=e.n_timing)
+    )
+    figures.final(out["steps"], fit.records, out["w2_floor"], out)
+    out["peak_memory_mb"] = metrics.peak_memory_mb(device)
+    out["machine"] = metrics.machine(device)
+    write_json(fit.run_dir / "metrics.json", out)
+    run_log.finish(out)
+    return out
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None, sweep: str | None = None) -> dict:
@@ -148,28 +233,15 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, sweep: str | None 
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     toy, model, fit, logger = build(cfg, run_dir)
-    device = model.device
     figures = RunFigures(
         model, toy, run_dir, seed=cfg.eval.seed, grid=cfg.eval.grid, animate=cfg.plots.animate
     )
-    with RunLog(logger, fit, sweep) as run_log:
-        fit.run(hooks=[(cfg.train.plot_every, figures.progress), run_log.hook])
-
-        out = {"model": model.name, "data": toy.name, "seed": cfg.seed, "device": str(device)}
-        out["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)  # trained
-        out.update(fit.summary())
-        log.info("evaluating %s on %s", model.name, toy.name)
-        e = cfg.eval
-        out.update(
-            metrics.evaluate(
-                model, toy, seed=e.seed, n_test=e.n_test, n_w2=e.n_w2, n_timing=e.n_timing
-            )
-        )
-        figures.final(out["steps"], fit.records, out["w2_floor"], out)
-        out["peak_memory_mb"] = metrics.peak_memory_mb(device)
-        out["machine"] = metrics.machine(device)
-        (run_dir / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
-        run_log.finish(out)
+    try:
+        with RunLock(run_dir), RunLog(logger, fit, sweep) as run_log:
+            out = _fit_and_evaluate(cfg, toy, model, fit, figures, run_log)
+    except WriteError as e:
+        fix = "free space" if e.full else "fix that"
+        raise WriteError(f"{e}; {fit.resume_advice(fix)}", e.path, e.full) from e
     log.info(
         "%s: nll %.4f  kl %.4f +- %.4f  w2 %.3f (floor %.3f)  %.1f s  -> %s",
         figures.title,

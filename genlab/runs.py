@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import pickle
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -28,9 +30,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer per dir is then the user's care
+    fcntl = None
+
 from genlab.checks import check_int
 from genlab.data import Toy
 from genlab.errors import CheckpointError, RunDirError
+from genlab.files import atomic
 from genlab.models.base import Model
 
 __all__ = [
@@ -38,6 +46,7 @@ __all__ = [
     "RUN_FILES",
     "ERROR_FILE",
     "check_run_dir",
+    "RunLock",
     "RUN_KEYS",
     "RESUME_KEYS",
     "CheckpointError",
@@ -82,11 +91,35 @@ def _one_line(err: BaseException) -> str:
     return text[:300] or type(err).__name__
 
 
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _load_reason(err: Exception) -> str:
+    """torch's reason for refusing a file, without its advice to load it unsafely: for a
+    weights-only refusal, the unpickler's own words; else the message on one line."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+    return _one_line(text)
+
+
+def _refused_object(err: Exception) -> str:
+    """Why a weights-only load refused a file, naming the object in full; torch's own advice
+    (to load it with ``weights_only=False``, which runs whatever the file names) is left out."""
+    found = _GLOBAL.search(str(err))
+    what = f"the Python object {found.group(1)}" if found else "a Python object"
+    return (
+        f"refusing to load it: it holds {what}, which a genlab checkpoint never holds and a "
+        "weights-only load does not build (building it could run any code); a checkpoint "
+        "holds only tensors and plain values. Do not load this file; train again"
+    )
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically (a crash never leaves half a checkpoint)."""
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write ``state`` to ``path`` atomically (a crash never leaves half a checkpoint; a
+    failed write leaves the previous one and no temporary file; see :mod:`genlab.files`)."""
+    with atomic(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(
@@ -118,9 +151,11 @@ def load_checkpoint(
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises OSError, EOFError, RuntimeError, UnpicklingError...
+        if isinstance(err, pickle.UnpicklingError) and _GLOBAL.search(str(err)):
+            raise CheckpointError(f"{path}: {_refused_object(err)}") from None
         raise CheckpointError(
             f"{path}: cannot read it as a torch checkpoint, it is truncated or another kind of "
-            f"file ({type(err).__name__}: {_one_line(err)}); {_RETRAIN}"
+            f"file ({type(err).__name__}: {_load_reason(err)}); {_RETRAIN}"
         ) from None
     missing = [k for k in keys if k not in ckpt] if isinstance(ckpt, Mapping) else list(keys)
     if missing:
@@ -441,21 +476,41 @@ def load_toy(run_dir: str | Path, trusted: Iterable[str] = ()) -> Toy:
     return _build(_section(ckpt, "data", path), path, trusted, "config.data")
 
 
+def _probe_write(where: Path, inside: bool) -> None:
+    """Make and remove a file in ``where`` (``inside``) or a dir below it, as the run will:
+    permissions, a read-only mount, and file systems that refuse (``/proc``) all show."""
+    if inside:
+        fd, name = tempfile.mkstemp(dir=where, prefix=".genlab-probe-")
+        os.close(fd)
+        os.unlink(name)
+    else:
+        os.rmdir(tempfile.mkdtemp(dir=where, prefix=".genlab-probe-"))
+
+
 def check_run_dir(run_dir: str | Path, resume: bool) -> None:
-    """Refuse to start a run in a dir that cannot be written, or that holds another run's
-    outputs (unless resuming). Creates nothing.
+    """Refuse to start a run in a dir that cannot be written, that holds another run's
+    outputs (unless resuming), or that another genlab process is using. Leaves nothing
+    behind: whether the dir can be written is tried with a file that is removed at once.
 
     Raises:
         RunDirError: naming the dir and the file found, and how to resume or where else to go.
     """
     run_dir = Path(run_dir)
     existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        why = "is not a directory" if not existing.is_dir() else "is not writable"
+    why = None
+    if not existing.is_dir():
+        why = "is not a directory"
+    else:
+        try:
+            _probe_write(existing, inside=existing == run_dir)
+        except OSError as e:
+            why = f"cannot be written ({e.strerror or type(e).__name__})"
+    if why:
         raise RunDirError(
             f"cannot write the run dir {run_dir}: {existing} {why}; choose another with "
             "hydra.run.dir=..."
         )
+    RunLock.check(run_dir)
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
     if found and not resume:
         raise RunDirError(
@@ -463,3 +518,71 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
             f"train.resume=true hydra.run.dir={run_dir}, or write elsewhere: leave "
             "hydra.run.dir unset for a new unique dir"
         )
+
+
+class RunLock:
+    """The run dir's one writer: an advisory lock (``fcntl.flock``) on ``<run dir>/.lock``,
+    held while a run trains and writes.
+
+    A second process on the same dir is refused in one line naming the holder's PID, which
+    the holder writes into the file. The kernel drops the lock when its process ends,
+    however it ends, so a lock file left by a killed run blocks nothing: the next run (a
+    resume) takes it. Where ``fcntl`` is missing (Windows) no lock is taken.
+
+    Example:
+        >>> with RunLock(run_dir):
+        ...     train_and_write()
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / self.NAME
+        self._fd: int | None = None
+
+    @classmethod
+    def check(cls, run_dir: str | Path) -> None:
+        """Refuse (``RunDirError``) if a live process holds the lock of ``run_dir``; takes
+        nothing and creates nothing."""
+        path = Path(run_dir) / cls.NAME
+        if fcntl is None or not path.is_file():
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            cls._take(fd, path)
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    @staticmethod
+    def _take(fd: int, path: Path) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise RunDirError(
+                f"{path.parent} is in use by another genlab process (PID {holder}): wait for "
+                "it to end, or choose another hydra.run.dir"
+            ) from None
+
+    def __enter__(self) -> RunLock:
+        if fcntl is None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._take(fd, self.path)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock; the file stays (removing it would race)
+            self._fd = None

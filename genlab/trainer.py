@@ -23,6 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from genlab.checks import check_choice, check_int, check_positive
 from genlab.errors import Diverged
+from genlab.files import read_text, write_csv
 from genlab.models.base import Model
 
 __all__ = ["History", "Trainer", "SCHEDULES", "lr_factor"]
@@ -43,24 +44,62 @@ def lr_factor(step: int, progress: float, schedule: str, warmup_steps: int) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _check_row(row: dict) -> None:
+    """Raise ``ValueError`` unless ``row`` is a whole row of ``history.csv``."""
+    if None in row or any(row.get(k) is None for k in HISTORY_FIELDS):
+        raise ValueError("cut short")
+    for key in ("round", "step"):
+        int(row[key])
+    for key in ("loss", "lr", "seconds"):
+        float(row[key])
+    for key in ("nfe_forward", "nfe_backward"):
+        if row[key] != "":
+            int(row[key])
+
+
 @dataclass
 class History:
-    """Per-step training records, written to ``history.csv``."""
+    """Per-step training records, written to ``history.csv``.
+
+    Attributes:
+        rows: one dict per step (:data:`HISTORY_FIELDS`).
+        damage: set by :meth:`read` when the file was damaged: where, and what was dropped.
+    """
 
     rows: list[dict] = field(default_factory=list)
+    damage: str | None = None
 
     def write(self, path: Path) -> None:
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, HISTORY_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        """Write the rows to ``path`` atomically (:mod:`genlab.files`)."""
+        write_csv(path, HISTORY_FIELDS, self.rows)
 
     @classmethod
     def read(cls, path: Path) -> History:
+        """The rows of ``path`` (none if it does not exist), up to the first damaged one.
+
+        A row is damaged when it is cut short (a last line without its newline, or with fewer
+        fields) or holds a field that does not parse; that row and every row after it are
+        dropped, and :attr:`damage` says where. A file that is no CSV history at all (another
+        header) keeps no rows.
+        """
         if not path.exists():
             return cls()
-        with open(path, newline="") as f:
-            return cls(list(csv.DictReader(f)))
+        text = read_text(path)
+        lines = text.splitlines(keepends=True)
+        cut = bool(lines) and not lines[-1].endswith("\n")
+        reader = csv.DictReader(lines[:-1] if cut else lines)
+        if reader.fieldnames is not None and tuple(reader.fieldnames) != HISTORY_FIELDS:
+            return cls(damage=f"its header is {reader.fieldnames}, not {list(HISTORY_FIELDS)}")
+        rows = []
+        for row in reader:
+            try:
+                _check_row(row)
+            except ValueError as e:
+                what = "is cut short" if str(e) == "cut short" else f"does not parse ({e})"
+                return cls(rows, f"line {reader.line_num} {what}")
+            rows.append(row)
+        damage = f"line {len(rows) + 2} is cut short" if cut else None
+        return cls(rows, damage)
 
     def truncate(self, round_: int, step: int) -> None:
         """Drop rows after ``step`` of ``round_`` (and of later rounds): used on resume."""

@@ -10,14 +10,17 @@ metrics, plots and report use only these interfaces, never a model's class or na
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral
 
 import torch
 from torch import Tensor, nn
 
 from genlab.checks import check_choice, check_int
+from genlab.memory import check_fits
 
 __all__ = [
     "Model",
@@ -30,7 +33,14 @@ __all__ = [
     "make_prior",
     "check_points",
     "check_count",
+    "CHUNK",
 ]
+
+#: Points a model's own ``sample`` and ``log_prob`` code is given at once. A larger request is
+#: split into chunks of this size and the results are written into one output, so its memory
+#: is the result's plus one chunk's work: 50 million samples take time, not RAM. Requests of
+#: up to this size run in one piece, exactly as the model's code does.
+CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,55 @@ def check_count(n: int) -> int:
     return check_int("number of samples", n, 1)
 
 
+def _chunked_sample(fn: Callable) -> Callable:
+    """``sample(n, ...)`` in chunks of ``self.chunk`` points (each drawn with the same keywords
+    and, in turn, from the same generator), refused before any work if the result would not
+    fit in memory."""
+
+    @functools.wraps(fn)
+    def sample(self, n, *args, **kwargs):
+        chunk = self.chunk
+        if not isinstance(n, Integral) or isinstance(n, bool) or n <= chunk:
+            return fn(self, n, *args, **kwargs)
+        params = next(self.parameters(), None)
+        itemsize = 4 if params is None else params.element_size()
+        check_fits(
+            f"sample({n:,}) of {self.name}",
+            n * self.dim * itemsize,
+            "draw fewer points, or several draws one after another",
+        )
+        first = fn(self, chunk, *args, **kwargs)
+        out = first.new_empty((n, *first.shape[1:]))
+        out[:chunk] = first
+        del first
+        for start in range(chunk, n, chunk):
+            out[start : start + chunk] = fn(self, min(chunk, n - start), *args, **kwargs)
+        return out
+
+    sample._chunked = True
+    return sample
+
+
+def _chunked_log_prob(fn: Callable) -> Callable:
+    """``log_prob(x, ...)`` over chunks of ``self.chunk`` rows of ``x``."""
+
+    @functools.wraps(fn)
+    def log_prob(self, x, *args, **kwargs):
+        chunk = self.chunk
+        if not isinstance(x, Tensor) or x.ndim != 2 or len(x) <= chunk:
+            return fn(self, x, *args, **kwargs)
+        parts = x.split(chunk)
+        first = fn(self, parts[0], *args, **kwargs)
+        out = first.new_empty((len(x), *first.shape[1:]))
+        out[:chunk] = first
+        for i, part in enumerate(parts[1:], start=1):
+            out[i * chunk : i * chunk + len(part)] = fn(self, part, *args, **kwargs)
+        return out
+
+    log_prob._chunked = True
+    return log_prob
+
+
 class Model(nn.Module):
     """A generative model of points in R^dim.
 
@@ -78,11 +137,25 @@ class Model(nn.Module):
     records it per step. ``constant_log_det`` says that the model's Jacobian determinant is
     the same everywhere (NICE), which bounds its KL from below: the yardstick reports that
     floor beside it.
+
+    Every subclass's ``sample`` and ``log_prob`` run in bounded memory: a request of more than
+    ``chunk`` points (:data:`CHUNK`) is split into chunks that the subclass's own code handles
+    one after another, and a ``sample`` whose result would not fit is refused before any work
+    (:class:`genlab.errors.TooLarge`). A chunked ``sample`` draws each chunk from the generator
+    in turn, and the NFE it counts is the sum over the chunks' solves.
     """
 
     name: str = "model"
     dim: int = 2
     constant_log_det: bool = False
+    chunk: int = CHUNK
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for method, wrap in (("sample", _chunked_sample), ("log_prob", _chunked_log_prob)):
+            fn = cls.__dict__.get(method)
+            if callable(fn) and not getattr(fn, "_chunked", False):
+                setattr(cls, method, wrap(fn))
 
     def loss(self, x: Tensor) -> Tensor:
         """Scalar training objective on a data batch ``x`` of shape (B, dim)."""
