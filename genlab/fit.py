@@ -26,7 +26,13 @@ from torch import Tensor
 from genlab import metrics, scores
 from genlab.errors import CheckpointError, GenlabError
 from genlab.models.base import Model, Stage, Transport
-from genlab.runs import CHECKPOINT, resume_checkpoint, save_checkpoint
+from genlab.runs import (
+    CHECKPOINT,
+    RESUME_KEYS,
+    load_checkpoint,
+    resume_checkpoint,
+    save_checkpoint,
+)
 from genlab.trainer import History, Trainer
 
 __all__ = ["Fit", "Stopped", "GracefulStop", "TRAJECTORY_PATHS"]
@@ -75,6 +81,42 @@ class GracefulStop:
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def resumed_history(
+    path: Path, stage: int, step: int, before: int | None, quiet: bool = False
+) -> History:
+    """``history.csv`` cut back to a checkpoint at ``step`` of ``stage`` (``before``: the steps
+    of the stage before it), and repaired when only rows after that step are damaged.
+
+    A file that ends before the checkpoint's step is refused, since the lost rows cannot be
+    rebuilt; a deleted one is accepted with a warning (the history then starts at the resume).
+
+    Raises:
+        CheckpointError: one line naming the file, where it is damaged, and how to go on.
+    """
+    if not path.exists():
+        if not quiet:
+            log.warning("%s is missing: the loss history up to step %d is lost", path, step)
+        return History()
+    history = History.read(path)
+    history.truncate(stage, step)
+    last = history.rows[-1] if history.rows else None
+    at = None if last is None else (int(last["round"]), int(last["step"]))
+    if step:
+        wanted = (stage, step)
+    else:  # a stage that has not begun: the history ends with the stage before
+        wanted = (stage - 1, before) if stage else None
+    if at != wanted:
+        ends = "holds no step" if at is None else f"ends at step {at[1]} of stage {at[0]}"
+        why = f"{history.damage}, so it {ends}" if history.damage else f"it {ends}"
+        raise CheckpointError(
+            f"{path}: {why}, short of {CHECKPOINT}'s step {step} of stage {stage}: restore it, "
+            "or delete it to resume without the loss history up to that step"
+        )
+    if history.damage and not quiet:
+        log.warning("%s: %s, after the checkpoint's step: dropped", path, history.damage)
+    return history
 
 
 class Fit:
@@ -194,32 +236,18 @@ class Fit:
         log.info("resumed %s at stage %d step %d", self.run_dir, k, self.trainers[k].step)
 
     def _restore_history(self, k: int) -> History:
-        """``history.csv`` cut back to the checkpoint's step, and repaired when only rows after
-        that step are damaged. A file that ends before the checkpoint's step is refused, since
-        the lost rows cannot be rebuilt; a deleted one is accepted with a warning."""
-        path = self.run_dir / "history.csv"
-        step = self.trainers[k].step
-        if not path.exists():
-            log.warning("%s is missing: the loss history up to step %d is lost", path, step)
-            return History()
-        history = History.read(path)
-        history.truncate(k, step)
-        last = history.rows[-1] if history.rows else None
-        at = None if last is None else (int(last["round"]), int(last["step"]))
-        if step:
-            wanted = (k, step)
-        else:  # a stage that has not begun: the history ends with the stage before
-            wanted = (k - 1, self.trainers[k - 1].step) if k else None
-        if at != wanted:
-            ends = "holds no step" if at is None else f"ends at step {at[1]} of stage {at[0]}"
-            why = f"{history.damage}, so it {ends}" if history.damage else f"it {ends}"
-            raise CheckpointError(
-                f"{path}: {why}, short of {CHECKPOINT}'s step {step} of stage {k}: restore it, "
-                "or delete it to resume without the loss history up to that step"
-            )
-        if history.damage:
-            log.warning("%s: %s, after the checkpoint's step: dropped", path, history.damage)
-        return history
+        before = self.trainers[k - 1].step if k else None
+        return resumed_history(self.run_dir / "history.csv", k, self.trainers[k].step, before)
+
+    def check_history(self) -> None:
+        """Refuse (``CheckpointError``) a resume whose ``history.csv`` cannot be repaired, before
+        anything is written: what :meth:`restore` would find, read without changing a file
+        (its warnings are left to the run)."""
+        ckpt = load_checkpoint(self.run_dir, keys=RESUME_KEYS)
+        k, records = ckpt["stage"], ckpt["records"]
+        before = records[k - 1]["steps"] if k and len(records) >= k else None
+        step = ckpt["trainer"]["step"]
+        resumed_history(self.run_dir / "history.csv", k, step, before, quiet=True)
 
     # ----------------------------------------------------------------- training
     def _batches(self, k: int, stage: Stage, trainer: Trainer) -> Callable[[], tuple]:

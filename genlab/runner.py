@@ -193,6 +193,8 @@ def build(
         for absent in check_resume(run_dir, config):
             if not preflight:
                 log.warning("resuming %s: %s; the config's value applies", run_dir, absent)
+        if preflight:
+            fit.check_history()
     return toy, model, fit, logger
 
 

@@ -321,6 +321,8 @@ def test_a_history_damaged_before_the_checkpoint_is_refused_in_one_line(
         "history up to that step"
     )
     assert (run / "history.csv").read_bytes() == before
+    done = genlab_cmd(*NICE, "train.resume=true", "train.steps=25", f"hydra.run.dir={run}")
+    assert done.returncode == 2 and done.stderr.strip() == f"genlab: {err.value}"
     (run / "history.csv").write_text(lines[0] + "0,x,1,1,1,,\n")
     assert History.read(run / "history.csv").damage.startswith("line 2 does not parse")
 
