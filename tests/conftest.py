@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from genlab.configs import data_options, model_options
+
+# `pytest -n 2` runs two tests at once on two cores: one torch thread for each, and for every
+# command a test starts (they inherit the environment), so that they do not fight over cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 # The shipped models and toys: the options of the model and data config groups.
 MODELS = tuple(model_options())
