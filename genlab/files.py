@@ -24,6 +24,7 @@ import errno
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "write_json",
     "write_csv",
     "read_text",
+    "remove_temps",
 ]
 
 #: The encoding of every text file genlab writes or reads, whatever the locale says.
@@ -52,6 +54,18 @@ _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}")
+
+
+_TEMP = re.compile(r"\..+\.tmp-\d+-[0-9a-f]{6}(\.\w+)?")
+
+
+def remove_temps(where: str | Path) -> list[Path]:
+    """Remove the temporary files of writes that never finished in the dir ``where`` (a
+    process killed mid-write cannot remove its own); returns them. Call it only while no
+    other process writes there (a run dir under its :class:`genlab.runs.RunLock`)."""
+    stale = [p for p in Path(where).glob(".*.tmp-*") if _TEMP.fullmatch(p.name)]
+    _remove(stale)
+    return stale
 
 
 def _errors(err: BaseException) -> Iterator[BaseException]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import os
 import pickle
 import re
@@ -38,7 +39,7 @@ except ImportError:  # Windows: no advisory locks; one writer per dir is then th
 from genlab.checks import check_int
 from genlab.data import Toy
 from genlab.errors import CheckpointError, RunDirError
-from genlab.files import atomic
+from genlab.files import atomic, remove_temps
 from genlab.models.base import Model
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "load_run",
     "load_toy",
 ]
+
+log = logging.getLogger("genlab")
 
 CHECKPOINT = "model.pt"
 RUN_FILES = (CHECKPOINT, "metrics.json")  # a dir holding either holds a run
@@ -525,9 +528,11 @@ class RunLock:
     held while a run trains and writes.
 
     A second process on the same dir is refused in one line naming the holder's PID, which
-    the holder writes into the file. The kernel drops the lock when its process ends,
-    however it ends, so a lock file left by a killed run blocks nothing: the next run (a
-    resume) takes it. Where ``fcntl`` is missing (Windows) no lock is taken.
+    the holder writes into the file. The kernel drops the lock when its process ends, however
+    it ends, so a lock file left by a killed run blocks nothing: the next run (a resume) takes
+    it, and removes the temporary files of the writes that were killed mid-way
+    (:func:`genlab.files.remove_temps`). Where ``fcntl`` is missing (Windows) no lock is
+    taken.
 
     Example:
         >>> with RunLock(run_dir):
@@ -580,6 +585,8 @@ class RunLock:
             os.close(fd)
             raise
         self._fd = fd
+        for stale in remove_temps(self.path.parent):  # the wrecks of a killed writer
+            log.info("removed %s, left by a write that never finished", stale)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -276,9 +276,13 @@ def test_one_run_dir_has_one_writer_and_a_dead_one_blocks_nothing(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert (run / ".lock").exists()  # left by the killed holder: blocks nothing
+    wreck = run / f".model.tmp-{holder.pid}-0a1b2c.pt"  # what a write killed mid-way leaves
+    wreck.write_bytes(b"half a checkpoint")
+    (run / ".notes.txt").write_text("a user's file")
     check_run_dir(run, resume=True)
     with RunLock(run):
         assert (run / ".lock").read_text().strip() == str(os.getpid())
+        assert not wreck.exists() and (run / ".notes.txt").exists()
 
 
 # ------------------------------------------------------------------------- a damaged run
