@@ -34,7 +34,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 from genlab.configs import check_additions, compose_config
 from genlab.files import ENCODING, read_text, write_text
 from genlab.models.base import Model
-from genlab.runs import CHECKPOINT, load_run, load_toy
+from genlab.runs import CHECKPOINT, RunLock, load_run, load_toy
 
 __all__ = ["Run", "Sweep", "train", "load", "sweep"]
 
@@ -159,6 +159,13 @@ def train(
         del cfg["hydra"]
     check_additions(cfg, overrides, list(runtime.runtime.choices))
     build(cfg, where, preflight=True)  # every check before a file is written
+    with RunLock(where):  # the dir is this process's before its first file
+        _train_in(where, cfg, overrides, train_cfg)
+    return Run(where)
+
+
+def _train_in(where: Path, cfg, overrides: list[str], train_cfg) -> None:
+    """Write the run dir as the command does: ``.hydra/``, ``genlab.log``, then the run."""
     _save_hydra_dir(where, cfg, overrides)
     handler = logging.FileHandler(where / "genlab.log", encoding=ENCODING)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
@@ -173,7 +180,6 @@ def train(
         root.removeHandler(handler)
         handler.close()
         log.setLevel(previous)
-    return Run(where)
 
 
 def _number(value: str):

@@ -29,17 +29,18 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import CompactHydraException
+from hydra.core.override_parser.types import ValueType
+from hydra.errors import CompactHydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from genlab.configs import check_additions, compose_config, key_owners, model_options, options
-from genlab.errors import GenlabError, RunDirError
+from genlab.configs import check_additions, compose_config, key_owners, model_options
+from genlab.errors import GenlabError, RunDirError, RunInUse
 from genlab.files import write_json
 from genlab.fit import Stopped
 from genlab.runner import build, build_logger, train
-from genlab.runs import ERROR_FILE, RUN_FILES, check_run_dir
+from genlab.runs import ERROR_FILE, RUN_FILES, RunLock, check_run_dir
 
 __all__ = ["main", "app", "Preflight"]
 
@@ -98,15 +99,22 @@ class Preflight(Callback):
             task = _task_config(config)
             runtime = config.hydra
             check_additions(task, runtime.overrides.task, list(runtime.runtime.choices))
-            build(task, Path(config.hydra.run.dir), preflight=True)
+            run_dir = Path(config.hydra.run.dir)
+            build(task, run_dir, preflight=True)
+            # The dir is this process's from here on: before Hydra writes .hydra/ into it
+            self._lock = RunLock(run_dir).acquire()
         except GenlabError as e:
             _refuse(e)
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         try:
             build_logger(config)  # a missing extra stops the sweep before it starts
-            check_run_dir(sweep, resume=True)  # writable
+            check_run_dir(sweep, resume=True, key="hydra.sweep.dir")  # writable, not in use
             taken = [p for name in RUN_FILES for p in sweep.glob(f"*/{name}")]
             if taken and not config.train.resume:
                 raise RunDirError(
@@ -114,8 +122,12 @@ class Preflight(Callback):
                     f"train.resume=true hydra.sweep.dir={sweep}, or leave hydra.sweep.dir unset "
                     "for a new unique dir"
                 )
+            self._lock = RunLock(sweep, "hydra.sweep.dir").acquire()  # one sweep per dir
         except GenlabError as e:
             _refuse(e)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self.on_run_end(config)
 
 
 def _log_to_files(message: str) -> None:
@@ -133,6 +145,8 @@ def _record_failure(run_dir: Path, error: Exception) -> None:
         log.error("job failed: %s", reason)
     else:
         log.exception("job failed: %s", reason)
+    if isinstance(error, RunInUse):
+        return  # the dir is another process's run: writing error.json would mark it failed
     choices = HydraConfig.get().runtime.choices
     failure = {
         "model": choices.get("model"),
@@ -209,30 +223,28 @@ def foreign_key_hint(argv: list[str]) -> str | None:
 
 
 def unknown_option(argv: list[str]) -> str | None:
-    """The first ``group=option`` on the command line (a sweep's options included) whose
-    option the config group lacks, as ``data=nonexistent``; ``None`` if every one exists.
-    Hydra has then printed its list of the options."""
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        try:
-            (override,) = OverridesParser.create().parse_overrides([arg])
-        except Exception:  # noqa: BLE001 (not an override: Hydra reports it itself)
-            continue
-        group = override.key_or_group
-        if "." in group or override.is_delete():
-            continue
-        try:
-            known = options(group)
-        except Exception:  # noqa: BLE001 (no such group: Hydra's own error)
-            continue
-        if override.is_sweep_override():
-            values = list(override.sweep_string_iterator())
-        else:
-            values = [override.value()]
-        for value in values:
-            if known and isinstance(value, str) and value not in known:
-                return f"{group}={value}"
+    """Hydra's message when the command line's config cannot be composed because a config
+    group lacks the option asked for (``data=nonexistent``, or one option of a sweep such as
+    ``model=nice,nope``), else ``None``. Composes the config as Hydra does (its search path
+    included), so a plug-in's options count; a glob or range sweep is not expanded."""
+    try:
+        parsed = []
+        for arg in argv:
+            if not arg.startswith("-") and "=" in arg:
+                parsed.extend(OverridesParser.create().parse_overrides([arg]))
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        variants = [fixed]
+        for o in parsed:
+            choice = o.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP)
+            if choice and "." not in o.key_or_group:
+                variants += [[*fixed, f"{o.key_or_group}={v}"] for v in o.sweep_string_iterator()]
+        for overrides in variants:
+            try:
+                compose_config(overrides)
+            except MissingConfigException as e:
+                return str(e).splitlines()[0]
+    except Exception:  # noqa: BLE001 (a courtesy on the way out: never mask the real error)
+        return None
     return None
 
 
@@ -258,6 +270,6 @@ def main() -> None:
     except SystemExit as e:
         if e.code not in (0, None) and (hint := foreign_key_hint(sys.argv[1:])):
             print(hint, file=sys.stderr)
-        if e.code == 1 and unknown_option(sys.argv[1:]):
+        if e.code == 1 and unknown_option(sys.argv[1:]) is not None:
             sys.exit(2)  # a bad value, as every other one: Hydra printed the options there are
         raise

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "RunDirError",
+    "RunInUse",
     "WriteError",
     "TooLarge",
     "Diverged",
@@ -32,6 +33,10 @@ class CheckpointError(GenlabError, ValueError):
 
 class RunDirError(GenlabError, OSError):
     """A run dir that holds another run, or that cannot be written."""
+
+
+class RunInUse(RunDirError):
+    """A run or sweep dir that another genlab process is writing (it holds the dir's lock)."""
 
 
 class WriteError(GenlabError, OSError):

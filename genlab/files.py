@@ -41,6 +41,8 @@ __all__ = [
     "write_csv",
     "read_text",
     "remove_temps",
+    "is_temp",
+    "put_text",
 ]
 
 #: The encoding of every text file genlab writes or reads, whatever the locale says.
@@ -59,11 +61,16 @@ def _temp_name(path: Path) -> Path:
 _TEMP = re.compile(r"\..+\.tmp-\d+-[0-9a-f]{6}(\.\w+)?")
 
 
+def is_temp(path: str | Path) -> bool:
+    """Whether ``path`` is the temporary file of a write (:func:`atomic`)."""
+    return bool(_TEMP.fullmatch(Path(path).name))
+
+
 def remove_temps(where: str | Path) -> list[Path]:
-    """Remove the temporary files of writes that never finished in the dir ``where`` (a
-    process killed mid-write cannot remove its own); returns them. Call it only while no
+    """Remove the temporary files of writes that never finished in the dir ``where`` and
+    below it (a process killed mid-write cannot remove its own); returns them. Call it only while no
     other process writes there (a run dir under its :class:`genlab.runs.RunLock`)."""
-    stale = [p for p in Path(where).glob(".*.tmp-*") if _TEMP.fullmatch(p.name)]
+    stale = [p for p in Path(where).rglob(".*.tmp-*") if is_temp(p)]
     _remove(stale)
     return stale
 
@@ -90,9 +97,23 @@ def disk_full(err: BaseException, where: Path) -> bool:
 
 def _fsync(path: Path) -> None:
     """Flush a written file to the disk (what ``os.replace`` then publishes is complete)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR)  # writable: Windows' fsync needs it
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(where: Path) -> None:
+    """Make the renames in ``where`` durable (best effort: not every OS opens a dir)."""
+    try:
+        fd = os.open(where, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -106,8 +127,8 @@ def _remove(paths: Iterable[Path]) -> None:
 def _write_error(err: BaseException, target: Path) -> WriteError | None:
     """The one-line error for a write of ``target`` that failed with ``err``; ``None`` when
     ``err`` is not about writing (a bug in the writer keeps its traceback)."""
-    if isinstance(err, WriteError):
-        return err
+    if isinstance(err, WriteError) and err.__cause__ is not None:
+        err = err.__cause__  # a nested write's failure, told of the outer target
     if disk_full(err, target.parent):
         return WriteError(f"no space left on device writing {target}", target, full=True)
     if isinstance(err, OSError):
@@ -118,22 +139,34 @@ def _write_error(err: BaseException, target: Path) -> WriteError | None:
 
 @contextlib.contextmanager
 def atomic_group(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
-    """Yield one temporary path per target; when the block ends without an error, put every
-    file in place (after ``fsync``), else remove them all and leave the targets untouched.
+    """Yield one temporary path per target, to be written in their order; when the block ends
+    without an error, flush every file and put them in place one after another, else remove
+    them all and leave every target as it was.
+
+    The renames take an instant and do not fail on a healthy file system (same dir, same
+    disk): what can fail, writing and flushing, happens before any target is touched.
 
     Raises:
         WriteError: the block raised an ``OSError``, or any error while the disk is full; the
-            message names the target being written.
+            message names the target being written (a nested :func:`atomic` of a temporary
+            path is reported as its target).
     """
     targets = [Path(p) for p in paths]
     temps = [_temp_name(p) for p in targets]
+    syncing = None
     try:
         yield temps
-        for tmp in temps:
+        for i, tmp in enumerate(temps):
+            syncing = i
             _fsync(tmp)
     except BaseException as err:
-        written = [t for tmp, t in zip(temps, targets, strict=True) if tmp.exists()]
-        failed = written[-1] if written else targets[0]
+        if syncing is not None:
+            failed = targets[syncing]
+        elif isinstance(err, WriteError) and err.path in temps:
+            failed = targets[temps.index(err.path)]
+        else:  # the writer was at the last file it had begun (or at the first)
+            begun = [t for tmp, t in zip(temps, targets, strict=True) if tmp.exists()]
+            failed = begun[-1] if begun else targets[0]
         error = _write_error(err, failed) if isinstance(err, Exception) else None
         _remove(temps)
         if error is None:
@@ -145,6 +178,8 @@ def atomic_group(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
         except OSError as err:
             _remove(temps[i:])
             raise _write_error(err, target) from err
+    for where in {t.parent for t in targets}:
+        _fsync_dir(where)
 
 
 @contextlib.contextmanager
@@ -159,10 +194,16 @@ def atomic(path: str | Path) -> Iterator[Path]:
         yield tmp
 
 
+def put_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` in UTF-8, as it is (no newline translation on any OS); not
+    atomic by itself: for a temporary path of :func:`atomic` or :func:`atomic_group`."""
+    Path(path).write_bytes(text.encode(ENCODING))
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, in UTF-8."""
     with atomic(path) as tmp:
-        tmp.write_bytes(text.encode(ENCODING))  # bytes: no newline translation on any OS
+        put_text(tmp, text)
 
 
 def write_json(path: str | Path, value: object) -> None:

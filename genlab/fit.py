@@ -83,6 +83,14 @@ class GracefulStop:
             signal.signal(s, handler)
 
 
+def _resume_point(ckpt: dict) -> tuple[int, int, int | None]:
+    """Where a checkpoint stands: its stage, its step in it, and the steps of the stage
+    before (``None`` in the first), as :func:`resumed_history` takes them."""
+    k, records = ckpt["stage"], ckpt["records"]
+    before = records[k - 1]["steps"] if k and len(records) >= k else None
+    return k, ckpt["trainer"]["step"], before
+
+
 def resumed_history(
     path: Path, stage: int, step: int, before: int | None, quiet: bool = False
 ) -> History:
@@ -231,23 +239,16 @@ class Fit:
         self.data_gen.set_state(ckpt["rng"]["data"].to(self.data_gen.device))
         self.stage = k
         self.stage_data = None if ckpt["stage_data"] is None else tuple(ckpt["stage_data"])
-        self.history = self._restore_history(k)
+        self.history = resumed_history(self.run_dir / "history.csv", *_resume_point(ckpt))
         self.saved = (k, self.trainers[k].step)
         log.info("resumed %s at stage %d step %d", self.run_dir, k, self.trainers[k].step)
-
-    def _restore_history(self, k: int) -> History:
-        before = self.trainers[k - 1].step if k else None
-        return resumed_history(self.run_dir / "history.csv", k, self.trainers[k].step, before)
 
     def check_history(self) -> None:
         """Refuse (``CheckpointError``) a resume whose ``history.csv`` cannot be repaired, before
         anything is written: what :meth:`restore` would find, read without changing a file
         (its warnings are left to the run)."""
         ckpt = load_checkpoint(self.run_dir, keys=RESUME_KEYS)
-        k, records = ckpt["stage"], ckpt["records"]
-        before = records[k - 1]["steps"] if k and len(records) >= k else None
-        step = ckpt["trainer"]["step"]
-        resumed_history(self.run_dir / "history.csv", k, step, before, quiet=True)
+        resumed_history(self.run_dir / "history.csv", *_resume_point(ckpt), quiet=True)
 
     # ----------------------------------------------------------------- training
     def _batches(self, k: int, stage: Stage, trainer: Trainer) -> Callable[[], tuple]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from genlab.errors import TooLarge
 
 __all__ = ["RAM_SHARE", "machine_memory", "budget", "size", "check_fits"]
@@ -26,9 +28,12 @@ _CGROUP_LIMITS = (
 )
 
 
-def machine_memory() -> int | None:
-    """Bytes of memory this process may use: the physical memory, or the cgroup's limit when
-    it is lower; ``None`` where neither can be read (then nothing is refused)."""
+def machine_memory(device=None) -> int | None:
+    """Bytes of memory this process may use: on a CUDA ``device``, the GPU's; else the
+    physical memory, or the cgroup's limit when it is lower; ``None`` where neither can be
+    read (then nothing is refused)."""
+    if device is not None and torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
     sizes = []
     try:
         sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -44,9 +49,9 @@ def machine_memory() -> int | None:
     return min(sizes) if sizes else None
 
 
-def budget() -> int | None:
+def budget(device=None) -> int | None:
     """The bytes one request may take (:data:`RAM_SHARE` of :func:`machine_memory`)."""
-    total = machine_memory()
+    total = machine_memory(device)
     return None if total is None else int(RAM_SHARE * total)
 
 
@@ -59,22 +64,24 @@ def size(nbytes: float) -> str:
     return f"{nbytes:.0f} B"
 
 
-def check_fits(what: str, nbytes: float, fix: str) -> None:
+def check_fits(what: str, nbytes: float, fix: str, device=None) -> None:
     """Refuse a request that needs more than :func:`budget`.
 
     Arguments:
         what: the request, as the user wrote it (``train.batch_size=100000000``).
         nbytes: the memory it needs, estimated.
         fix: what to do instead.
+        device: where the memory is needed (``None``: the host; a CUDA device: the GPU).
 
     Raises:
         TooLarge: ``<what> needs about <size> of memory, over half of the <size> this machine
             has; <fix>``.
     """
-    allowed = budget()
+    allowed = budget(device)
     if allowed is not None and nbytes > allowed:
         share = "half" if RAM_SHARE == 0.5 else f"{RAM_SHARE:.0%}"
+        gpu = device is not None and torch.device(device).type == "cuda"
         raise TooLarge(
             f"{what} needs about {size(nbytes)} of memory, over {share} of the "
-            f"{size(machine_memory())} this machine has; {fix}"
+            f"{size(machine_memory(device))} {'the GPU' if gpu else 'this machine'} has; {fix}"
         )

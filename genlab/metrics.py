@@ -168,7 +168,8 @@ def sampling_cost(
             _sync(model.device)
             seconds.append(time.perf_counter() - start)
             if nfe is None and nfe0 is not None:
-                nfe = model.nfe - nfe0
+                # per sample: a draw of more than a chunk solves each chunk in turn
+                nfe = round((model.nfe - nfe0) / math.ceil(n / getattr(model, "chunk", n)))
             if after_one is None and generator is not None:
                 after_one = generator.get_state()
     if after_one is not None:

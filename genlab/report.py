@@ -35,7 +35,15 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageSequence
 
 from genlab import plots, scores
-from genlab.files import ENCODING, atomic, atomic_group, csv_text, read_text, write_text
+from genlab.files import (
+    ENCODING,
+    atomic,
+    atomic_group,
+    csv_text,
+    put_text,
+    read_text,
+    write_text,
+)
 from genlab.ode import SOLVERS
 from genlab.plots import FPS, GIF_DPI
 from genlab.runs import ERROR_FILE
@@ -67,6 +75,10 @@ COLUMNS = (
     "params",
     "run",
 )
+
+
+#: What a report writes, the leaderboard first.
+REPORT_FILES = ("leaderboard.md", "leaderboard.csv", "gallery.png", "quality_vs_nfe.png")
 
 
 def sweep_order(runs: list[dict], key: str) -> list[str]:
@@ -447,9 +459,10 @@ def write_report(sweep_dir: str | Path, animate: bool = False) -> list[dict]:
     few-step samplers, ``quality_vs_nfe.png`` into ``sweep_dir``; with ``animate`` also
     ``gallery.gif`` (see :func:`animate_gallery`).
 
-    The files are drawn first and put in place together (:func:`genlab.files.atomic_group`):
-    a failure leaves the previous report whole, never a new leaderboard beside an old gallery
-    (``gallery.gif`` follows them, so runs without a ``flow.gif`` still get the rest).
+    The files are drawn and written first and then put in place one after another in an
+    instant (:func:`genlab.files.atomic_group`): a failure while drawing or writing leaves the
+    previous report whole, never a new leaderboard beside an old gallery (``gallery.gif``
+    follows them, so runs without a ``flow.gif`` still get the rest).
     A run whose ``metrics.json`` is unreadable or ill-typed, whose ``samples.npz`` is damaged,
     or that has no ``metrics.json`` (it did not finish), is left out and named with the reason
     under "Skipped runs" in ``leaderboard.md``.
@@ -466,10 +479,12 @@ def write_report(sweep_dir: str | Path, animate: bool = False) -> list[dict]:
     for f in failures:
         log.warning("failed run %s: %s", f["run"], f.get("error"))
     if not runs:
-        detail = f" ({len(problems)} unreadable)" if problems else ""
+        detail = f" ({len(problems)} skipped)" if problems else ""
         if failures:
             board = f"Every run failed.\n\n## Failed runs\n\n{failures_markdown(failures)}"
             write_text(root / "leaderboard.md", board + skipped_markdown(problems))
+            for stale in REPORT_FILES[1:]:  # no earlier gallery beside this leaderboard
+                (root / stale).unlink(missing_ok=True)
             detail += f" ({len(failures)} failed: see {root / 'leaderboard.md'})"
         raise ValueError(f"no runs with a readable metrics.json under {root}{detail}")
     board = leaderboard_markdown(runs)
@@ -477,15 +492,13 @@ def write_report(sweep_dir: str | Path, animate: bool = False) -> list[dict]:
         board += f"\n## Failed runs\n\n{failures_markdown(failures)}"
     board += skipped_markdown(problems)
     panels = quality_panels(runs)
-    names = ["leaderboard.md", "leaderboard.csv", "gallery.png"]
-    names += ["quality_vs_nfe.png"] * bool(panels)
+    names = list(REPORT_FILES[:3]) + ["quality_vs_nfe.png"] * bool(panels)
     # Everything is drawn into temporary files first and put in place together: a failure
     # anywhere leaves the previous report whole.
     with atomic_group([root / name for name in names]) as temps:
         tmp = dict(zip(names, temps, strict=True))
-        tmp["leaderboard.md"].write_bytes(board.encode(ENCODING))
-        table = csv_text(COLUMNS, runs, extrasaction="ignore")
-        tmp["leaderboard.csv"].write_bytes(table.encode(ENCODING))
+        put_text(tmp["leaderboard.md"], board)
+        put_text(tmp["leaderboard.csv"], csv_text(COLUMNS, runs, extrasaction="ignore"))
         draw_gallery(root, runs).savefig(tmp["gallery.png"], dpi=100)
         if panels:
             title = f"W2 against NFE: {root.name}"

@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -38,7 +39,7 @@ except ImportError:  # Windows: no advisory locks; one writer per dir is then th
 
 from genlab.checks import check_int
 from genlab.data import Toy
-from genlab.errors import CheckpointError, RunDirError
+from genlab.errors import CheckpointError, RunDirError, RunInUse
 from genlab.files import atomic, remove_temps
 from genlab.models.base import Model
 
@@ -490,7 +491,7 @@ def _probe_write(where: Path, inside: bool) -> None:
         os.rmdir(tempfile.mkdtemp(dir=where, prefix=".genlab-probe-"))
 
 
-def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+def check_run_dir(run_dir: str | Path, resume: bool, key: str = "hydra.run.dir") -> None:
     """Refuse to start a run in a dir that cannot be written, that holds another run's
     outputs (unless resuming), or that another genlab process is using. Leaves nothing
     behind: whether the dir can be written is tried with a file that is removed at once.
@@ -510,10 +511,9 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
             why = f"cannot be written ({e.strerror or type(e).__name__})"
     if why:
         raise RunDirError(
-            f"cannot write the run dir {run_dir}: {existing} {why}; choose another with "
-            "hydra.run.dir=..."
+            f"cannot write the run dir {run_dir}: {existing} {why}; choose another with {key}=..."
         )
-    RunLock.check(run_dir)
+    RunLock.check(run_dir, key)
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
     if found and not resume:
         raise RunDirError(
@@ -524,15 +524,17 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
 
 
 class RunLock:
-    """The run dir's one writer: an advisory lock (``fcntl.flock``) on ``<run dir>/.lock``,
-    held while a run trains and writes.
+    """A run dir's (or a sweep dir's) one writer: an advisory lock (``fcntl.flock``) on
+    ``<dir>/.lock``, held while the run trains and writes.
 
     A second process on the same dir is refused in one line naming the holder's PID, which
     the holder writes into the file. The kernel drops the lock when its process ends, however
     it ends, so a lock file left by a killed run blocks nothing: the next run (a resume) takes
     it, and removes the temporary files of the writes that were killed mid-way
-    (:func:`genlab.files.remove_temps`). Where ``fcntl`` is missing (Windows) no lock is
-    taken.
+    (:func:`genlab.files.remove_temps`). A process may take the lock of a dir it already
+    holds (the command takes it before Hydra writes the run dir; the run takes it again):
+    the lock is released when the outermost holder releases it. Where ``fcntl`` is missing
+    (Windows) no lock is taken.
 
     Example:
         >>> with RunLock(run_dir):
@@ -540,56 +542,82 @@ class RunLock:
     """
 
     NAME = ".lock"
+    #: Seconds a take retries while another process only checks the lock.
+    PATIENCE = 1.0
+    _held: dict[Path, list[int]] = {}  # lock file -> [descriptor, depth], in this process
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / self.NAME
-        self._fd: int | None = None
+    def __init__(self, run_dir: str | Path, key: str = "hydra.run.dir") -> None:
+        self.path = Path(os.path.abspath(Path(run_dir) / self.NAME))
+        self.key = key  # the setting that chooses the dir, for the message
 
     @classmethod
-    def check(cls, run_dir: str | Path) -> None:
-        """Refuse (``RunDirError``) if a live process holds the lock of ``run_dir``; takes
-        nothing and creates nothing."""
-        path = Path(run_dir) / cls.NAME
-        if fcntl is None or not path.is_file():
+    def check(cls, run_dir: str | Path, key: str = "hydra.run.dir") -> None:
+        """Refuse (``RunInUse``) if another live process holds the lock of ``run_dir``;
+        takes nothing (a shared lock for an instant) and creates nothing."""
+        path = Path(os.path.abspath(Path(run_dir) / cls.NAME))
+        if fcntl is None or path in cls._held or not path.is_file():
             return
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
             return
         try:
-            cls._take(fd, path)
+            cls._take(fd, path, fcntl.LOCK_SH, 0.0, key)
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    @staticmethod
-    def _take(fd: int, path: Path) -> None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise RunDirError(
-                f"{path.parent} is in use by another genlab process (PID {holder}): wait for "
-                "it to end, or choose another hydra.run.dir"
-            ) from None
+    @classmethod
+    def _take(cls, fd: int, path: Path, kind: int, patience: float, key: str) -> None:
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                fcntl.flock(fd, kind | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        raise RunInUse(
+            f"{path.parent} is in use by another genlab process (PID {holder}): wait for "
+            f"it to end, or choose another {key}"
+        )
 
-    def __enter__(self) -> RunLock:
+    def acquire(self) -> RunLock:
+        """Take the lock (or, if this process holds it, deepen it); raise ``RunInUse`` if
+        another process holds it."""
         if fcntl is None:
+            return self
+        if self.path in self._held:
+            self._held[self.path][1] += 1
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            self._take(fd, self.path)
+            self._take(fd, self.path, fcntl.LOCK_EX, self.PATIENCE, self.key)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
+        self._held[self.path] = [fd, 1]
         for stale in remove_temps(self.path.parent):  # the wrecks of a killed writer
             log.info("removed %s, left by a write that never finished", stale)
         return self
 
+    def release(self) -> None:
+        """Undo one :meth:`acquire`; the last one releases the lock (the file stays: removing
+        it would race with a process opening it)."""
+        held = self._held.get(self.path)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del self._held[self.path]
+            os.close(held[0])
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases the lock; the file stays (removing it would race)
-            self._fd = None
+        self.release()

@@ -26,11 +26,12 @@ import torch
 from hydra.utils import instantiate
 
 import genlab
-from genlab import files
+from genlab import files, memory
 from genlab.cli import unknown_option
 from genlab.configs import compose_config
 from genlab.errors import ConfigError, RunDirError, TooLarge, WriteError
 from genlab.figures import RunFigures
+from genlab.fit import resumed_history
 from genlab.report import main as report_main
 from genlab.runner import build, check_memory, train
 from genlab.runs import CHECKPOINT, RunLock, check_run_dir, load_checkpoint
@@ -49,7 +50,7 @@ def genlab_cmd(*args, env=ENV, timeout=300) -> subprocess.CompletedProcess:
 
 
 def temp_files(where: Path) -> list[Path]:
-    return [p for p in where.rglob(".*.tmp-*")]
+    return [p for p in where.rglob(".*") if files.is_temp(p)]
 
 
 def no_figures(patch: pytest.MonkeyPatch) -> None:
@@ -206,12 +207,15 @@ def test_every_value_is_checked_before_the_run_dir_exists(compose_cfg, tmp_path,
     ],
 )
 def test_a_setting_whose_memory_would_not_fit_is_refused_naming_it(
-    compose_cfg, tmp_path, override, key
+    compose_cfg, tmp_path, monkeypatch, override, key
 ):
+    monkeypatch.setattr(memory, "machine_memory", lambda device=None: 16 * 10**9)
     with pytest.raises(TooLarge) as err:
         build(compose_cfg([*NICE, override]), tmp_path / "run", preflight=True)
     assert re.fullmatch(
-        rf"{key} needs about [\d.]+ [GT]B of memory, over half of the .*", str(err.value)
+        rf"{key} needs about [\d.]+ [GT]B of memory, over half of the 16.0 GB this machine "
+        "has; lower it",
+        str(err.value),
     )
 
 
@@ -234,9 +238,18 @@ def test_a_run_dir_that_cannot_be_made_is_refused_by_a_real_write(tmp_path):
 
 
 def test_an_unknown_option_exits_2_with_hydras_list(tmp_path):
-    assert unknown_option(["data=nonexistent", "train.steps=3"]) == "data=nonexistent"
-    assert unknown_option(["-m", "model=nice,nope"]) == "model=nope"
+    missing = "In 'config': Could not find '{}'"
+    assert unknown_option(["data=nonexistent", "train.steps=3"]) == missing.format(
+        "data/nonexistent"
+    )
+    assert unknown_option(["-m", "model=nice,nope"]) == missing.format("model/nope")
     assert unknown_option(["data=moons", "model=nice", "seed=3"]) is None
+    assert unknown_option(["-m", "model=glob(*)", "train.steps=x"]) is None  # not a missing one
+    plugin = tmp_path / "conf" / "model"  # a plug-in's option, on Hydra's search path
+    plugin.mkdir(parents=True)
+    (plugin / "mine.yaml").write_text("# @package _global_\nmodel:\n  _target_: a.B\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    assert unknown_option([searchpath, "model=mine"]) is None
     done = genlab_cmd("data=nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2 and "Available options in 'data'" in done.stderr
     assert not (tmp_path / "run").exists()
@@ -272,17 +285,22 @@ def test_one_run_dir_has_one_writer_and_a_dead_one_blocks_nothing(tmp_path):
             f"genlab: {message}: wait for it to end, or choose another hydra.run.dir"
         ]
         assert sorted(p.name for p in run.iterdir()) == [".lock"]  # Hydra wrote nothing
+        done = genlab_cmd("-m", *NICE, "train.resume=true", f"hydra.sweep.dir={run}")
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            f"genlab: {message}: wait for it to end, or choose another hydra.sweep.dir"
+        ]
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert (run / ".lock").exists()  # left by the killed holder: blocks nothing
     wreck = run / f".model.tmp-{holder.pid}-0a1b2c.pt"  # what a write killed mid-way leaves
     wreck.write_bytes(b"half a checkpoint")
-    (run / ".notes.txt").write_text("a user's file")
+    (run / ".notes.tmp-draft.txt").write_text("a user's file")
     check_run_dir(run, resume=True)
     with RunLock(run):
         assert (run / ".lock").read_text().strip() == str(os.getpid())
-        assert not wreck.exists() and (run / ".notes.txt").exists()
+        assert not wreck.exists() and (run / ".notes.tmp-draft.txt").exists()
 
 
 # ------------------------------------------------------------------------- a damaged run
@@ -331,6 +349,38 @@ def test_a_history_damaged_before_the_checkpoint_is_refused_in_one_line(
     assert History.read(run / "history.csv").damage.startswith("line 2 does not parse")
 
 
+def test_a_checkpoint_at_the_start_of_a_stage_wants_the_history_of_the_stage_before(tmp_path):
+    path = tmp_path / "history.csv"
+    rows = [
+        {"round": r, "step": k, "loss": 1, "lr": 1, "seconds": 1}
+        for r, n in ((0, 4), (1, 2))
+        for k in range(1, n + 1)
+    ]
+    History([{**row, "nfe_forward": "", "nfe_backward": ""} for row in rows]).write(path)
+    kept = resumed_history(path, stage=1, step=0, before=4)  # stage 1 not begun: ends at 0/4
+    assert [(int(r["round"]), int(r["step"])) for r in kept.rows][-1] == (0, 4)
+    with pytest.raises(genlab.errors.CheckpointError, match="ends at step 2 of stage 1, short of"):
+        resumed_history(path, stage=1, step=3, before=4)
+
+
+def test_a_group_whose_second_rename_fails_names_it_and_leaves_no_temp(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.md", tmp_path / "b.png"
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    with pytest.raises(WriteError, match=f"cannot write {re.escape(str(b))}: Input/output error"):
+        with files.atomic_group([a, b]) as (ta, tb):
+            ta.write_text("new a")
+            tb.write_text("new b")
+    assert temp_files(tmp_path) == [] and not b.exists()
+
+
 def _sweep(root: Path) -> Path:
     fake_run(root, "0_nice_moons", "nice", "moons", job=0)
     fake_run(root, "1_cnf_moons", "cnf", "moons", job=1)
@@ -359,7 +409,7 @@ def test_a_damaged_run_is_named_under_skipped_runs_and_the_rest_reported(tmp_pat
     assert (root / "gallery.png").stat().st_size > 0
 
 
-def test_a_report_that_fails_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+def test_a_report_that_fails_leaves_the_previous_one_whole(tmp_path, monkeypatch, capsys):
     root = _sweep(tmp_path)
     assert report_main([str(root)]) == 0
     before = {
@@ -368,6 +418,8 @@ def test_a_report_that_fails_leaves_the_previous_one_whole(tmp_path, monkeypatch
     fake_run(root, "4_nice_rings", "nice", "rings", job=4)
     _disk_fills_at(monkeypatch, "gallery.png")
     assert report_main([str(root)]) == 1
+    err = capsys.readouterr().err
+    assert f"genlab-report: no space left on device writing {root / 'gallery.png'}" in err
     assert {n: (root / n).read_bytes() for n in before} == before
     assert temp_files(root) == []
 
@@ -394,6 +446,21 @@ def test_a_large_sample_is_drawn_in_chunks_from_one_generator():
     assert torch.equal(whole, parts)
     x = torch.randn(250, 2)
     assert torch.equal(model.log_prob(x), torch.cat([model.log_prob(c) for c in x.split(100)]))
+
+    class Spy(type(model)):  # a plug-in's own methods are chunked too
+        def sample(self, n, generator=None):
+            seen.append(n)
+            return super().sample(n, generator)
+
+        def log_prob(self, x):
+            seen.append(len(x))
+            return super().log_prob(x)
+
+    spy, seen = Spy(couplings=2, hidden=16, depth=1), []
+    spy.chunk = 100
+    assert spy.sample(250).shape == (250, 2) and seen == [100, 100, 50]
+    seen.clear()
+    assert spy.log_prob(x).shape == (250,) and seen == [100, 100, 50]
     with pytest.raises(TooLarge, match=r"sample\(100,000,000,000,000\) of nice needs about"):
         model.sample(10**14)
 

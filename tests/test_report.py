@@ -217,7 +217,7 @@ def test_report_on_nothing_says_why(tmp_path, make, capsys):
     assert main([str(target)]) == 1
     err = capsys.readouterr().err
     assert str(target) in err
-    assert {"missing": "no such sweep dir", "empty": "no runs", "only_bad": "1 unreadable"}[
+    assert {"missing": "no such sweep dir", "empty": "no runs", "only_bad": "1 skipped"}[
         make
     ] in err
     with pytest.raises((FileNotFoundError, ValueError)):

@@ -80,6 +80,18 @@ def check_count(n: int) -> int:
     return check_int("number of samples", n, 1)
 
 
+def _in_chunks(fn: Callable, n: int, pieces) -> Tensor:
+    """The results of ``fn`` on each of ``pieces`` (``(start, piece)`` pairs, in order),
+    written into one preallocated output of ``n`` rows."""
+    out = None
+    for start, piece in pieces:
+        part = fn(piece)
+        if out is None:
+            out = part.new_empty((n, *part.shape[1:]))
+        out[start : start + len(part)] = part
+    return out
+
+
 def _chunked_sample(fn: Callable) -> Callable:
     """``sample(n, ...)`` in chunks of ``self.chunk`` points (each drawn with the same keywords
     and, in turn, from the same generator), refused before any work if the result would not
@@ -96,14 +108,10 @@ def _chunked_sample(fn: Callable) -> Callable:
             f"sample({n:,}) of {self.name}",
             n * self.dim * itemsize,
             "draw fewer points, or several draws one after another",
+            None if params is None else params.device,
         )
-        first = fn(self, chunk, *args, **kwargs)
-        out = first.new_empty((n, *first.shape[1:]))
-        out[:chunk] = first
-        del first
-        for start in range(chunk, n, chunk):
-            out[start : start + chunk] = fn(self, min(chunk, n - start), *args, **kwargs)
-        return out
+        sizes = ((start, min(chunk, n - start)) for start in range(0, n, chunk))
+        return _in_chunks(lambda k: fn(self, k, *args, **kwargs), n, sizes)
 
     sample._chunked = True
     return sample
@@ -117,13 +125,8 @@ def _chunked_log_prob(fn: Callable) -> Callable:
         chunk = self.chunk
         if not isinstance(x, Tensor) or x.ndim != 2 or len(x) <= chunk:
             return fn(self, x, *args, **kwargs)
-        parts = x.split(chunk)
-        first = fn(self, parts[0], *args, **kwargs)
-        out = first.new_empty((len(x), *first.shape[1:]))
-        out[:chunk] = first
-        for i, part in enumerate(parts[1:], start=1):
-            out[i * chunk : i * chunk + len(part)] = fn(self, part, *args, **kwargs)
-        return out
+        parts = ((i * chunk, part) for i, part in enumerate(x.split(chunk)))
+        return _in_chunks(lambda part: fn(self, part, *args, **kwargs), len(x), parts)
 
     log_prob._chunked = True
     return log_prob
@@ -230,7 +233,8 @@ class Layered:
 
         Returns:
             (layers + 1, n, dim): the first entry the prior points, then the points after each
-            layer in the order applied, the last exactly ``sample(n, generator)``.
+            layer in the order applied, the last exactly ``sample(n, generator)`` (for ``n`` up
+            to the model's ``chunk``; a larger ``sample`` draws its noise chunk by chunk).
         """
         raise NotImplementedError
 
