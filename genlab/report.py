@@ -142,6 +142,7 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
             continue
         m["run"] = str(path.parent.relative_to(root))
         m["job"] = _job_num(path.parent)
+        m["setting"] = _setting(path.parent, m)
         runs.append(m)
     failed = {p.parent for p in root.rglob(ERROR_FILE)}
     for hydra_dir in sorted(root.rglob(".hydra")):
@@ -291,10 +292,55 @@ def speed_markdown(runs: list[dict], medians: dict[str, float], slow: set[int]) 
     return text
 
 
+def _setting(run_dir: Path, m: dict) -> tuple | None:
+    """What a run was asked for besides its seed: its data, model and Hydra overrides other
+    than ``seed=`` (``.hydra/overrides.yaml``), so that runs of one setting group together;
+    ``None`` for a run without that record (it then stands alone)."""
+    try:
+        overrides = yaml.safe_load(read_text(run_dir / ".hydra" / "overrides.yaml"))
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(overrides, list):
+        return None
+    rest = sorted(
+        o for o in overrides if isinstance(o, str) and o.lstrip("+~").split("=")[0] != "seed"
+    )
+    return (m["data"], m["model"], *rest)
+
+
+def seed_groups(runs: list[dict]) -> list[list[dict]]:
+    """The runs grouped by setting (:func:`_setting`): each group holds the runs that differ
+    only by their seed, in the runs' order, and lists its runs by seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for m in runs:
+        groups.setdefault(m.get("setting") or ("run", id(m)), []).append(m)
+    return [
+        sorted(g, key=lambda m: (m.get("seed") is None, m.get("seed") or 0))
+        for g in groups.values()
+    ]
+
+
+def median_run(group: list[dict]) -> dict:
+    """The run of median KL in a group (the lower of the two middle ones for an even count):
+    a run that was made, shown for the group in the gallery."""
+    return sorted(group, key=lambda m: m["kl"])[(len(group) - 1) // 2]
+
+
+def _median(group: list[dict], key: str):
+    values = [m[key] for m in group if _is_number(m.get(key))]
+    return float(np.median(values)) if values else None
+
+
 def leaderboard_markdown(runs: list[dict]) -> str:
     """The leaderboard as a Markdown table (KL +- SE, floor, W2 / floor, costs), then each
     model's median steps/s (see :func:`speed_markdown`); † marks a run trained far slower than
-    its model's median."""
+    its model's median.
+
+    When runs of one setting differ only by seed (``seed=0,1,2``), a row is one setting: the
+    seeds, the median KL with its [min, max] over them, the median W2 beside the median floor,
+    and median costs (:func:`seeds_markdown`)."""
+    if any(len(g) > 1 for g in seed_groups(runs)):
+        return seeds_markdown(runs)
     head = (
         "data",
         "model",
@@ -324,6 +370,53 @@ def leaderboard_markdown(runs: list[dict]) -> str:
         )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n" + speed_markdown(runs, medians, slow)
+
+
+def seeds_markdown(runs: list[dict]) -> str:
+    """The leaderboard of a sweep over seeds: one row per setting (see
+    :func:`leaderboard_markdown`)."""
+    head = (
+        "data",
+        "model",
+        "seeds",
+        "KL (nats): median [min, max]",
+        "NICE floor",
+        "W2 / floor: medians",
+        "train s",
+        "steps",
+        "sample s (10k)",
+        "NFE",
+        "params",
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    medians, slow = speeds(runs)
+    slow_runs = {id(runs[i]) for i in slow}
+    for group in seed_groups(runs):
+        first, kls = group[0], [m["kl"] for m in group]
+        kl = _fmt(float(np.median(kls)))
+        if len(group) > 1:
+            kl += f" [{_fmt(min(kls))}, {_fmt(max(kls))}]"
+        steps = _fmt(_median(group, "steps"), 0)
+        row = (
+            first["data"],
+            first["model"],
+            ", ".join(_fmt(m.get("seed")) for m in group),
+            kl,
+            _fmt(first.get("nice_floor"), 4),
+            f"{_fmt(_median(group, 'w2'), 2)} / {_fmt(_median(group, 'w2_floor'), 2)}",
+            _seconds(_median(group, "train_seconds")),
+            steps + (" †" if any(id(m) in slow_runs for m in group) else ""),
+            _fmt(_median(group, "sample_seconds"), 2),
+            _fmt(_median(group, "nfe"), 0),
+            _fmt(first.get("params")),
+        )
+        lines.append("| " + " | ".join(row) + " |")
+    note = (
+        "\nEach row is one setting over its seeds: the median KL with its [min, max], the "
+        "median W2 beside the median floor, and median costs; the gallery shows the run of "
+        "median KL. `leaderboard.csv` holds every run.\n"
+    )
+    return "\n".join(lines) + "\n" + note + speed_markdown(runs, medians, slow)
 
 
 def _toy(root: Path, runs: list[dict]):
@@ -499,7 +592,8 @@ def write_report(sweep_dir: str | Path, animate: bool = False) -> list[dict]:
         tmp = dict(zip(names, temps, strict=True))
         put_text(tmp["leaderboard.md"], board)
         put_text(tmp["leaderboard.csv"], csv_text(COLUMNS, runs, extrasaction="ignore"))
-        draw_gallery(root, runs).savefig(tmp["gallery.png"], dpi=100)
+        shown = [median_run(g) for g in seed_groups(runs)]  # one run per setting
+        draw_gallery(root, shown).savefig(tmp["gallery.png"], dpi=100)
         if panels:
             title = f"W2 against NFE: {root.name}"
             plots.plot_quality_vs_nfe(panels, title, tmp["quality_vs_nfe.png"])

@@ -18,7 +18,9 @@ from genlab.report import (
     draw_gallery,
     leaderboard_markdown,
     main,
+    median_run,
     quality_points,
+    seed_groups,
     write_report,
 )
 from tests.conftest import tiny_sweep
@@ -300,3 +302,37 @@ def test_leaderboard_flags_a_run_trained_far_below_its_models_median_speed(tmp_p
     assert "Median steps/s per model in this sweep: rectified_flow 480, nice 90.0" in board
     assert "(on Some CPU, 1 thread)" in board
     assert "under 0.5x its model's median" in board
+
+
+def seeded_run(root, name, model, data, seed, kl, job, *extra):
+    """A fake run of a sweep over seeds: its metrics and Hydra's record of its overrides."""
+    run = fake_run(root, name, model, data, job=job, seed=seed, kl=kl)
+    overrides = [f"model={model}", f"data={data}", f"seed={seed}", *extra]
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    return run
+
+
+def test_a_sweep_over_seeds_reports_each_settings_median_and_range(tmp_path):
+    for job, (seed, kl) in enumerate([(0, 0.3), (1, 0.1), (2, 0.2)]):
+        seeded_run(tmp_path, f"{job}_nice_moons", "nice", "moons", seed, kl, job)
+    seeded_run(tmp_path, "3_cnf_moons", "cnf", "moons", 0, 0.05, 3)
+    runs, _ = collect(tmp_path)
+    groups = seed_groups(runs)
+    assert [[m["seed"] for m in g] for g in groups] == [[0, 1, 2], [0]]
+    assert [median_run(g)["run"] for g in groups] == ["2_nice_moons", "3_cnf_moons"]
+    board = leaderboard_markdown(runs)
+    row = "| moons | nice | 0, 1, 2 | 0.200 [0.100, 0.300] |  | 0.30 / 0.20 | 12.0 | 100 |"
+    assert row in board
+    assert "| moons | cnf | 0 | 0.050 |  | 0.30 / 0.20 |" in board
+    write_report(tmp_path)
+    assert "0.200 [0.100, 0.300]" in (tmp_path / "leaderboard.md").read_text()
+    assert (tmp_path / "leaderboard.csv").read_text().count("\n") == 5  # every run
+
+
+def test_runs_of_other_settings_are_never_merged_as_seeds(tmp_path):
+    seeded_run(tmp_path, "0_nice_moons", "nice", "moons", 0, 0.1, 0, "train.lr=0.01")
+    seeded_run(tmp_path, "1_nice_moons", "nice", "moons", 0, 0.2, 1, "train.lr=0.001")
+    runs, _ = collect(tmp_path)
+    assert len(seed_groups(runs)) == 2
+    board = leaderboard_markdown(runs)
+    assert "| KL (nats) |" in board and board.count("| moons | nice |") == 2
