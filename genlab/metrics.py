@@ -52,9 +52,11 @@ QUALITY_STEPS = (1, 2, 4, 10, 100)
 
 
 @torch.no_grad()
-def batched_log_prob(model: Model, x: Tensor, chunk: int = 10_000) -> Tensor:
-    """``model.log_prob`` over ``x`` in chunks (bounded memory); returns (B,) float64."""
-    return torch.cat([model.log_prob(c).double() for c in x.split(chunk)])
+def batched_log_prob(log_prob, x: Tensor, chunk: int = 10_000) -> Tensor:
+    """``log_prob`` (a model's or a toy's) over ``x`` in chunks, for bounded memory: an ODE
+    solve, or a curve toy's quadrature, holds kilobytes a point. Returns (B,) float64 on the
+    CPU."""
+    return torch.cat([log_prob(c).double().cpu() for c in x.split(chunk)])
 
 
 def kl_to_truth(model: Model, toy, n: int = 20_000, generator=None) -> dict[str, float]:
@@ -67,9 +69,8 @@ def kl_to_truth(model: Model, toy, n: int = 20_000, generator=None) -> dict[str,
     """
     device = model.device
     x = toy.sample(n, generator).to(device)
-    log_q = batched_log_prob(model, x).cpu()
-    # the truth in chunks too: a curve toy's quadrature holds kilobytes per point
-    log_p = torch.cat([toy.log_prob(c.double()).cpu() for c in x.split(10_000)])
+    log_q = batched_log_prob(model.log_prob, x)
+    log_p = batched_log_prob(toy.log_prob, x.double())
     diff = log_p - log_q
     return {
         "nll": -log_q.mean().item(),

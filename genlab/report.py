@@ -232,11 +232,11 @@ def collect_failures(sweep_dir: str | Path) -> list[dict]:
 
 def failures_markdown(failures: list[dict]) -> str:
     """The failed jobs as a Markdown table (run, model, data, reason)."""
-    lines = ["| run | model | data | reason |", "|---|---|---|---|"]
-    for f in failures:
-        reason = str(f.get("error", "")).replace("|", "\\|")
-        lines.append(f"| {f['run']} | {f.get('model', '')} | {f.get('data', '')} | {reason} |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        (f["run"], f.get("model", ""), f.get("data", ""), _cell(f.get("error", "")))
+        for f in failures
+    ]
+    return _table(("run", "model", "data", "reason"), rows)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -331,6 +331,18 @@ def _median(group: list[dict], key: str):
     return float(np.median(values)) if values else None
 
 
+def _cell(text) -> str:
+    """``text`` as a Markdown table cell (its ``|`` escaped)."""
+    return str(text).replace("|", "\\|")
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A Markdown table with a final newline."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def leaderboard_markdown(runs: list[dict]) -> str:
     """The leaderboard as a Markdown table (KL +- SE, floor, W2 / floor, costs), then each
     model's median steps/s (see :func:`speed_markdown`); † marks a run trained far slower than
@@ -353,8 +365,8 @@ def leaderboard_markdown(runs: list[dict]) -> str:
         "NFE",
         "params",
     )
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     medians, slow = speeds(runs)
+    rows = []
     for i, m in enumerate(runs):
         row = (
             m["data"],
@@ -368,8 +380,8 @@ def leaderboard_markdown(runs: list[dict]) -> str:
             _fmt(m.get("nfe")),
             _fmt(m.get("params")),
         )
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n" + speed_markdown(runs, medians, slow)
+        rows.append(row)
+    return _table(head, rows) + speed_markdown(runs, medians, slow)
 
 
 def seeds_markdown(runs: list[dict]) -> str:
@@ -388,9 +400,9 @@ def seeds_markdown(runs: list[dict]) -> str:
         "NFE",
         "params",
     )
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     medians, slow = speeds(runs)
     slow_runs = {id(runs[i]) for i in slow}
+    rows = []
     for group in seed_groups(runs):
         first, kls = group[0], [m["kl"] for m in group]
         kl = _fmt(float(np.median(kls)))
@@ -410,13 +422,13 @@ def seeds_markdown(runs: list[dict]) -> str:
             _fmt(_median(group, "nfe"), 0),
             _fmt(first.get("params")),
         )
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
     note = (
         "\nEach row is one setting over its seeds: the median KL with its [min, max], the "
         "median W2 beside the median floor, and median costs; the gallery shows the run of "
         "median KL. `leaderboard.csv` holds every run.\n"
     )
-    return "\n".join(lines) + "\n" + note + speed_markdown(runs, medians, slow)
+    return _table(head, rows) + note + speed_markdown(runs, medians, slow)
 
 
 def _toy(root: Path, runs: list[dict]):
@@ -608,11 +620,8 @@ def skipped_markdown(problems: list[str]) -> str:
     """The runs the report left out, with the reason, as a Markdown section ('' if none)."""
     if not problems:
         return ""
-    lines = ["| run | reason |", "|---|---|"]
-    for p in problems:
-        run, _, reason = p.partition(": ")
-        lines.append(f"| {run} | {reason.replace('|', chr(92) + '|')} |")
-    return "\n## Skipped runs\n\n" + "\n".join(lines) + "\n"
+    rows = [(run, _cell(reason)) for run, _, reason in (p.partition(": ") for p in problems)]
+    return "\n## Skipped runs\n\n" + _table(("run", "reason"), rows)
 
 
 class SweepReport(Callback):
