@@ -165,11 +165,14 @@ def _record_failure(run_dir: Path, error: Exception) -> None:
 # serves editable and wheel installs alike.
 @hydra.main(version_base="1.3", config_path="pkg://genlab.conf", config_name="config")
 def app(cfg: DictConfig) -> float:
-    """Train one model (or, with ``-m``, one job of a sweep); returns its KL."""
+    """Train one model (or, with ``-m``, one job of a sweep); returns its KL (NaN for a model
+    without a density: a sweeper that optimises the return value skips it)."""
     hydra_cfg = HydraConfig.get()
     try:
         check_additions(cfg, hydra_cfg.overrides.task, list(hydra_cfg.runtime.choices))
-        return train(cfg, hydra_cfg.runtime.output_dir, sweep=_sweep_dir(hydra_cfg))["kl"]
+        return train(cfg, hydra_cfg.runtime.output_dir, sweep=_sweep_dir(hydra_cfg)).get(
+            "kl", math.nan
+        )
     except Stopped as e:
         sys.exit(128 + e.signum)  # the checkpoint is written and the reason logged
     except Exception as e:

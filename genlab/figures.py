@@ -1,9 +1,11 @@
 """The figures of one run, chosen by what the model can do, never by its name.
 
-Every model gets ``samples.png``, ``density.png`` (truth | model | log ratio) and
-``samples.npz`` (the arrays the sweep gallery draws). A :class:`genlab.models.base.Transport`
-also gets ``trajectories.png`` (one panel per stage of a multi-stage model) and
-``density_t.png`` (p_t along the path). Scores of W2 against sampling steps, per stage of a
+Every model gets ``samples.png`` and ``samples.npz`` (the arrays the sweep gallery draws), and
+a model with a density ``density.png`` (truth | model | log ratio). A model without one
+(``has_density`` false) has a histogram of its samples in ``samples.npz`` instead, named as
+such, never a density. A :class:`genlab.models.base.Transport` also gets ``trajectories.png``
+(one panel per stage of a multi-stage model) and, with a density, ``density_t.png`` (p_t
+along the path). Scores of W2 against sampling steps, per stage of a
 multi-stage model or at the end of the run, give ``quality_vs_steps.png``. Every model with a
 path from noise to data gets ``flow.gif``: the points of a :class:`Transport` moving from
 t=0 to t=1 over p_t, those of a :class:`genlab.models.base.Layered` model pushed through its
@@ -32,6 +34,7 @@ VIEW_POINTS = 5000  # data and model points in the sample scatter plots
 FLOW_POINTS = 300  # points moving in flow.gif
 FLOW_DATA = 2000  # grey data points behind them
 FLOW_DENSITY_EVERY = 4  # p_t behind them every 4th frame, interpolated (in log) in between
+HISTOGRAM_POINTS = 50_000  # samples in the histogram of a model without a density
 
 
 class RunFigures:
@@ -89,11 +92,24 @@ class RunFigures:
         xs = self._samples()
         plots.plot_samples(self.data, xs, bound, title, self.run_dir / "samples.png")
         dtype = next(model.parameters()).dtype
-        log_q = plots.grid_log_density(model.log_prob, bound, self.grid, model.device, dtype)
-        log_p = plots.grid_log_density(self.toy.log_prob, bound, self.grid, "cpu", torch.float64)
-        plots.plot_density(log_p, log_q, bound, title, self.run_dir / "density.png")
+        if model.has_density:
+            log_q = plots.grid_log_density(model.log_prob, bound, self.grid, model.device, dtype)
+            log_p = plots.grid_log_density(
+                self.toy.log_prob, bound, self.grid, "cpu", torch.float64
+            )
+            plots.plot_density(log_p, log_q, bound, title, self.run_dir / "density.png")
+        else:
+            with torch.no_grad():
+                many = model.sample(HISTOGRAM_POINTS, self._gen()).numpy(force=True)
+            log_q = plots.log_histogram(many, bound, self.grid // 2)
         with atomic(self.run_dir / "samples.npz") as tmp:
-            np.savez_compressed(tmp, samples=xs[:2000], log_density=log_q, bound=bound)
+            np.savez_compressed(
+                tmp,
+                samples=xs[:2000],
+                log_density=log_q,
+                bound=bound,
+                histogram=not model.has_density,
+            )
         if isinstance(model, Transport):
             self._transport(title, records, dtype)
         if self.animate:
@@ -114,6 +130,8 @@ class RunFigures:
             paths = model.trajectories(TRAJECTORY_PATHS, self._gen()).numpy(force=True)
             panels = [("noise (t=0) to samples (t=1)", paths)]
         plots.plot_trajectories(panels, self.data, bound, title, self.run_dir / "trajectories.png")
+        if not model.has_density:
+            return
         snaps = {
             t: self._grid(lambda x, t=t: model.log_prob(x, t=t), dtype) for t in SNAPSHOT_TIMES
         }
@@ -132,13 +150,16 @@ class RunFigures:
             captions = times
         elif isinstance(model, Transport):
             paths = model.trajectories(FLOW_POINTS, self._gen(), points=frames).numpy(force=True)
-            grid, keys = max(self.grid // 8, 8), (frames - 1) // FLOW_DENSITY_EVERY + 1
-            log_pt = [
-                self._grid(lambda x, t=t: model.log_prob(x, t=t), dtype, grid)
-                for t in np.linspace(0, 1, keys).tolist()
-            ]
-            log_pt = plots.resample(np.stack(log_pt), frames)
-            panels = [plots.Panel("noise (t=0) to data (t=1) over p_t", paths, log_pt)]
+            if model.has_density:
+                grid, keys = max(self.grid // 8, 8), (frames - 1) // FLOW_DENSITY_EVERY + 1
+                log_pt = [
+                    self._grid(lambda x, t=t: model.log_prob(x, t=t), dtype, grid)
+                    for t in np.linspace(0, 1, keys).tolist()
+                ]
+                log_pt = plots.resample(np.stack(log_pt), frames)
+                panels = [plots.Panel("noise (t=0) to data (t=1) over p_t", paths, log_pt)]
+            else:
+                panels = [plots.Panel("noise (t=0) to data (t=1)", paths)]
             captions = times
         elif isinstance(model, Layered):
             states = model.layer_states(FLOW_POINTS, self._gen()).numpy(force=True)

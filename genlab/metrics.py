@@ -8,8 +8,14 @@
 - The floor: a model whose Jacobian determinant is constant (NICE) cannot get below a
   per-data-set KL, which each toy states (``constant_log_det_floor``); it is reported beside
   the model's KL as ``nice_floor``.
-- Quality against steps: W2 after k steps of each few-step sampler of a :class:`Transport`,
-  beside the velocity evaluations (NFE) per sample that those k steps cost.
+- The truth's cross-entropy of the samples: ``E_{x~q}[-log p(x)]`` over model samples,
+  exact because every toy's ``log p`` is; it is never below the truth's entropy by more than
+  noise when ``q = p``, and it punishes samples that land off the data. A toy whose density
+  is zero somewhere (the checkerboard) gives it as infinite when any sample lands there, and
+  ``off_support`` says which fraction did. It needs no density of the model, so it ranks
+  one-step generators beside the flows.
+- Quality against steps: W2 after k steps of each few-step sampler of a model, beside the
+  network evaluations (NFE) per sample and the seconds that those k steps cost.
 - Cost: sampling seconds, NFE per sample (velocity evaluations of the batched solve), peak
   memory.
 
@@ -31,12 +37,13 @@ import torch
 from torch import Tensor
 
 from genlab.checks import check_int
-from genlab.models.base import Model, Stage, Transport
+from genlab.models.base import Model, Stage
 from genlab.scores import QualityScore, flatten
 
 __all__ = [
     "QUALITY_STEPS",
     "kl_to_truth",
+    "cross_entropy",
     "kl_floor",
     "wasserstein2",
     "quality_vs_steps",
@@ -80,6 +87,32 @@ def kl_to_truth(model: Model, toy, n: int = 20_000, generator=None) -> dict[str,
     }
 
 
+def test_entropy(toy, n: int = 20_000, generator=None) -> dict[str, float]:
+    """``test_entropy``, the mean ``-log p`` of ``n`` fresh data points: what
+    :func:`kl_to_truth` draws and reports beside the KL, for a model without a density."""
+    x = toy.sample(n, generator)
+    return {"test_entropy": -batched_log_prob(toy.log_prob, x.double()).mean().item()}
+
+
+@torch.no_grad()
+def cross_entropy(model: Model, toy, n: int = 20_000, generator=None) -> dict[str, float]:
+    """The truth's cross-entropy of ``n`` model samples, ``mean(-log p(x))``, ``x ~ q``.
+
+    Returns:
+        ``off_support``, the fraction of samples where the truth's density is zero; when none
+        is, ``cross_entropy`` and ``cross_entropy_se`` (the standard error of that mean). With
+        samples off the support the cross-entropy is infinite and is not given: JSON has no
+        infinity, and no finite number would be right.
+    """
+    log_p = batched_log_prob(toy.log_prob, model.sample(n, generator).double())
+    off = ~torch.isfinite(log_p)
+    out = {"off_support": off.double().mean().item()}
+    if not off.any():
+        out["cross_entropy"] = -log_p.mean().item()
+        out["cross_entropy_se"] = (log_p.std() / math.sqrt(n)).item()
+    return out
+
+
 def wasserstein2(x: Tensor, y: Tensor) -> float:
     """Exact W2 between the empirical measures of ``x`` (n, d) and ``y`` (m, d), uniform weights."""
     import ot  # here, not at the top: POT imports scikit-learn, two seconds of every start
@@ -101,6 +134,13 @@ def kl_floor(model: Model, toy) -> dict[str, float]:
     return {}
 
 
+def sampler_steps(steps: tuple[int, ...], per_step: int = 1) -> list[int]:
+    """The step counts at which a sampler of ``per_step`` network evaluations a step is
+    scored: ``k // per_step`` for each ``k`` of ``steps`` (at least 1, each once), so that
+    every sampler is scored at about the same NFE (Heun's 5 steps beside DDIM's 10)."""
+    return list(dict.fromkeys(max(1, k // per_step) for k in steps))
+
+
 @torch.no_grad()
 def quality_vs_steps(
     model: Model,
@@ -115,27 +155,33 @@ def quality_vs_steps(
 
     Returns:
         One :class:`genlab.scores.QualityScore` for every sampler in
-        ``model.few_step_samplers`` and every ``k`` in ``steps``, with the model's velocity
+        ``model.few_step_samplers`` and every ``k`` in ``steps`` (``k // n`` for a sampler whose
+        entry sets ``nfe_per_step: n``, see :func:`sampler_steps`), with the model's velocity
         (or network) evaluations per sample, counted, not assumed (``k`` for Euler, ``4k``
-        for rk4; ``None`` when ``model.nfe`` is ``None``), labelled with ``stage``. Empty for
-        a model that is not a Transport.
+        for rk4; ``None`` when ``model.nfe`` is ``None``), and the seconds the draw of ``n``
+        samples took, labelled with ``stage``. Empty for a model without few-step samplers.
 
     Every sampler at every step count starts from the same state of ``generator`` (the same
     noise), so differences along a curve are the sampler's, not those of another draw.
     """
-    if not isinstance(model, Transport):
+    if not model.few_step_samplers:
         return []
     data = toy.sample(n, generator).to(model.device)
     start = None if generator is None else generator.get_state()
     out = []
     for name, keywords in model.few_step_samplers.items():
-        for k in steps:
+        keywords = dict(keywords)
+        per_step = keywords.pop("nfe_per_step", 1)
+        for k in sampler_steps(steps, per_step):
             if start is not None:  # common random numbers: the curves show the steps, not draws
                 generator.set_state(start)
             nfe0 = model.nfe
+            start_time = time.perf_counter()
             xs = model.sample(n, generator, steps=k, **keywords)
+            _sync(model.device)
+            seconds = time.perf_counter() - start_time
             nfe = None if nfe0 is None else model.nfe - nfe0
-            out.append(QualityScore(name, k, wasserstein2(xs, data), nfe, stage))
+            out.append(QualityScore(name, k, wasserstein2(xs, data), nfe, stage, seconds))
     return out
 
 
@@ -217,15 +263,20 @@ def evaluate(
     """The whole yardstick for one model; every random draw comes from ``seed``.
 
     Returns a flat dict: ``nll, test_entropy, entropy, kl, kl_se, w2, w2_floor,
-    sample_seconds``, for ODE models ``nfe``, for constant-Jacobian models ``nice_floor``, and
-    for a :class:`Transport` with ``quality_steps`` the ``w2_<sampler><k>`` and
-    ``nfe_<sampler><k>`` of :func:`quality_vs_steps` at those steps (drawn last, so the
-    other figures do not depend on them).
+    sample_seconds``, for ODE models ``nfe``, for constant-Jacobian models ``nice_floor``, for
+    a model with ``quality_steps`` the ``w2_<sampler><k>``, ``nfe_<sampler><k>`` and
+    ``sec_<sampler><k>`` of :func:`quality_vs_steps` at those steps, and the truth's
+    cross-entropy of ``n_test`` samples (:func:`cross_entropy`). Those two are drawn last, in
+    that order, so the other figures do not depend on them. A model without a density
+    (``has_density`` false) has no ``nll``, ``kl`` or ``kl_se``.
     """
     model.eval()
     device = model.device
     gen = torch.Generator(device).manual_seed(seed)
-    out = kl_to_truth(model, toy, n_test, gen)
+    if model.has_density:
+        out = kl_to_truth(model, toy, n_test, gen)
+    else:
+        out = test_entropy(toy, n_test, gen)
     out["entropy"] = toy.entropy()
     with torch.no_grad():
         samples = model.sample(n_w2, gen)
@@ -233,6 +284,8 @@ def evaluate(
     out["w2_floor"] = wasserstein2(toy.sample(n_w2, gen), toy.sample(n_w2, gen))
     out.update(sampling_cost(model, n_timing, gen))
     out.update(kl_floor(model, toy))
-    if isinstance(model, Transport) and model.quality_steps:
+    if model.quality_steps:
         out.update(flatten(quality_vs_steps(model, toy, gen, n_w2, model.quality_steps)))
+        out["n_w2"] = n_w2  # the samples of each timed draw of the scores
+    out.update(cross_entropy(model, toy, n_test, gen))
     return out

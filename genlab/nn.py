@@ -162,6 +162,8 @@ class TimeMLP(nn.Module):
         zero_last: zero-initialise the last layer (the field starts at zero).
         fourier: number of random Fourier features of ``x`` (0: raw ``x`` only).
         fourier_scale: standard deviation of their frequencies (cycles per unit of ``x``).
+        times: number of time inputs (MeanFlow's average velocity takes two, ``(t, r - t)``);
+            with more than one, ``t`` is (B, times) or (times,) and each column is embedded.
 
     References:
         Tancik et al. (2020), "Fourier Features Let Networks Learn High Frequency Functions in
@@ -181,16 +183,19 @@ class TimeMLP(nn.Module):
         zero_last: bool = False,
         fourier: int = 0,
         fourier_scale: float = 1.0,
+        times: int = 1,
     ) -> None:
         super().__init__()
         check_int("dim", dim, 1)
+        check_int("times", times, 1)
+        self.times = times
         check_fourier(fourier, fourier_scale)
         check_choice("time embedding", time_embedding, self.EMBEDDINGS)
         check_int("frequencies", frequencies, 1)
         self.dim = dim
         self.time_embedding = time_embedding
         self.frequencies = frequencies
-        embed_dim = 1 if time_embedding == "concat" else 1 + 2 * frequencies
+        embed_dim = times * (1 if time_embedding == "concat" else 1 + 2 * frequencies)
         # A buffer: saved with the weights, so a loaded model has the same features.
         self.register_buffer("fourier_b", torch.randn(fourier, dim) * fourier_scale)
         self.net = MLP(dim + 2 * fourier + embed_dim, dim, hidden, depth, activation, zero_last)
@@ -217,18 +222,23 @@ class TimeMLP(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape (B, {self.dim}), got {tuple(x.shape)}")
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(
-                f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}"
-            )
-        t = t[:, None]
+        n, k = x.shape[0], self.times
+        if k == 1:
+            if t.ndim == 0:
+                t = t.expand(n)
+            if t.shape != (n,):
+                raise ValueError(f"t must be a scalar or have shape ({n},), got {tuple(t.shape)}")
+            t = t[:, None]
+        else:
+            if t.shape == (k,):
+                t = t.expand(n, k)
+            if t.shape != (n, k):
+                raise ValueError(f"t must have shape ({k},) or ({n}, {k}), got {tuple(t.shape)}")
         if self.time_embedding == "concat":
             return t
-        k = torch.arange(1, self.frequencies + 1, dtype=x.dtype, device=x.device)
-        angle = 2 * math.pi * k * t
-        return torch.cat([t, torch.sin(angle), torch.cos(angle)], dim=1)
+        freq = torch.arange(1, self.frequencies + 1, dtype=x.dtype, device=x.device)
+        angle = 2 * math.pi * t[:, :, None] * freq  # (B, times, frequencies)
+        return torch.cat([t, torch.sin(angle).flatten(1), torch.cos(angle).flatten(1)], dim=1)
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
         """Evaluate the velocity.

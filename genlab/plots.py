@@ -30,6 +30,7 @@ from genlab.files import atomic  # noqa: E402
 __all__ = [
     "grid_points",
     "grid_log_density",
+    "log_histogram",
     "plot_samples",
     "plot_density",
     "plot_trajectories",
@@ -79,6 +80,17 @@ def grid_log_density(
     pts = grid_points(bound, n).to(device=device, dtype=dtype)
     out = torch.cat([log_prob(c).double().cpu() for c in pts.split(chunk)])
     return out.reshape(n, n).numpy()
+
+
+def log_histogram(samples: np.ndarray, bound: float, n: int) -> np.ndarray:
+    """The log of the normalised histogram of ``samples`` (m, 2) on the n x n cells of
+    :func:`grid_points` (rows in y), ``-inf`` in empty cells: what a model without a density
+    shows in its place, an estimate from its samples and named as one."""
+    edges = np.linspace(-bound, bound, n + 1)
+    counts, _, _ = np.histogram2d(samples[:, 1], samples[:, 0], bins=(edges, edges))
+    cell = (2 * bound / n) ** 2
+    with np.errstate(divide="ignore"):
+        return np.log(counts / (len(samples) * cell))
 
 
 def _square(ax, bound: float, title: str | None = None) -> None:
@@ -217,17 +229,19 @@ def plot_density_snapshots(log_densities: Mapping[float, np.ndarray], bound: flo
 def _quality_axes(
     ax, curves: Mapping[str, Mapping[int, float]], floor: float, xlabel: str, legend: bool = True
 ) -> None:
-    """W2 curves on log-log axes whose x ticks are the counts drawn, labelled as integers."""
+    """W2 curves on log-log axes whose x ticks are the counts drawn, labelled as integers
+    (a seconds axis, ``xlabel`` naming seconds, keeps matplotlib's own ticks)."""
     for label, curve in curves.items():
         xs = sorted(curve)
         ax.plot(xs, [curve[x] for x in xs], marker="o", markersize=4, label=label)
     ax.axhline(floor, color="0.4", linestyle="--", label="W2 floor (data vs data)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ticks = sorted({x for curve in curves.values() for x in curve})
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FixedFormatter([str(x) for x in ticks]))
-    ax.xaxis.set_minor_locator(NullLocator())
+    if "seconds" not in xlabel:
+        ticks = sorted({x for curve in curves.values() for x in curve})
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FixedFormatter([f"{x:g}" for x in ticks]))
+        ax.xaxis.set_minor_locator(NullLocator())
     plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.2, not 2 x 10^-1
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
@@ -250,17 +264,32 @@ def plot_quality_vs_steps(
 
 
 def plot_quality_vs_nfe(
-    panels: Mapping[str, tuple[Mapping[str, Mapping[int, float]], float]], title: str, path
+    panels: Mapping[str, tuple[Mapping[str, Mapping[int, float]], float]],
+    title: str,
+    path,
+    timed: Mapping[str, Mapping[str, Mapping[float, float]]] | None = None,
+    points: int | None = None,
 ) -> None:
-    """W2 against velocity evaluations per sample (NFE), one panel per data set.
+    """W2 against velocity evaluations per sample (NFE), one panel per data set; with
+    ``timed``, a second row of W2 against the seconds of the draw (the frontier in wall-clock
+    time, the same colours for the same curves).
 
     Arguments:
         panels: ``{data: (curves, floor)}`` with ``curves`` as ``{label: {nfe: W2}}``.
+        timed: ``{data: {label: {seconds: W2}}}``.
+        points: the samples each timed draw made, for the axis label.
     """
-    fig, axes = _figure(len(panels), panel=4.6, extra_height=1.0)
-    for ax, (data, (curves, floor)) in zip(axes, panels.items(), strict=True):
-        _quality_axes(ax, curves, floor, "NFE (network evaluations per sample)", legend=False)
-        ax.set_title(data)
+    rows = 2 if timed else 1
+    size = (len(panels) * 5.2 + 0.1, rows * 5.0 + 1.0)
+    fig, grid = plt.subplots(rows, len(panels), figsize=size, squeeze=False, layout="constrained")
+    axes = grid[0]
+    for j, (data, (curves, floor)) in enumerate(panels.items()):
+        _quality_axes(grid[0, j], curves, floor, "NFE (network evaluations per sample)", False)
+        grid[0, j].set_title(data)
+        if timed:
+            shown = {label: timed.get(data, {}).get(label, {}) for label in curves}
+            what = f"{points:,} samples" if points else "the draw"
+            _quality_axes(grid[1, j], shown, floor, f"seconds to draw {what}", False)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
     fig.suptitle(title)

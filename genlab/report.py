@@ -68,6 +68,9 @@ COLUMNS = (
     "nice_floor",
     "w2",
     "w2_floor",
+    "cross_entropy",
+    "entropy",
+    "off_support",
     "train_seconds",
     "steps",
     "sample_seconds",
@@ -161,8 +164,8 @@ def _reason(e: BaseException) -> str:
 
 #: Entries of metrics.json the report reads, and the types it needs them to have.
 _TEXT_KEYS = ("model", "data")
-_NUMBER_KEYS = ("kl", "w2")
-_OPTIONAL_NUMBERS = (*COLUMNS[3:-1], "kl_se", "steps_per_second")
+_NUMBER_KEYS = ("w2",)  # a model without a density has no KL
+_OPTIONAL_NUMBERS = (*COLUMNS[2:-1], "steps_per_second")
 
 
 def _is_number(value) -> bool:
@@ -320,10 +323,34 @@ def seed_groups(runs: list[dict]) -> list[list[dict]]:
     ]
 
 
+def _rank_key(group: list[dict]) -> str:
+    """What ranks a group's runs: the KL, or W2 for a model without a density."""
+    return "kl" if all(_is_number(m.get("kl")) for m in group) else "w2"
+
+
 def median_run(group: list[dict]) -> dict:
-    """The run of median KL in a group (the lower of the two middle ones for an even count):
-    a run that was made, shown for the group in the gallery."""
-    return sorted(group, key=lambda m: m["kl"])[(len(group) - 1) // 2]
+    """The run of median KL in a group (of median W2 for a model without a density; the
+    lower of the two middle ones for an even count): a run that was made, shown for the
+    group in the gallery."""
+    key = _rank_key(group)
+    return sorted(group, key=lambda m: m[key])[(len(group) - 1) // 2]
+
+
+def _kl_cell(m: dict) -> str:
+    """``KL ± SE``; empty for a model without a density (never a made-up number)."""
+    if not _is_number(m.get("kl")):
+        return ""
+    return f"{_fmt(m['kl'])} ± {_fmt(m.get('kl_se'))}"
+
+
+def _ce_cell(ce, entropy, off) -> str:
+    """The truth's cross-entropy of the samples beside the truth's entropy; infinite, with the
+    share of samples off the support, where the truth's density is zero at some of them."""
+    if ce is None and _is_number(off) and off > 0:
+        return f"∞ ({100 * off:.2g}% off) / {_fmt(entropy)}"
+    if ce is None:
+        return ""
+    return f"{_fmt(ce)} / {_fmt(entropy)}"
 
 
 def _median(group: list[dict], key: str):
@@ -359,6 +386,7 @@ def leaderboard_markdown(runs: list[dict]) -> str:
         "KL (nats)",
         "NICE floor",
         "W2 / floor",
+        "CE / H (nats)",
         "train s",
         "steps",
         "sample s (10k)",
@@ -371,9 +399,10 @@ def leaderboard_markdown(runs: list[dict]) -> str:
         row = (
             m["data"],
             m["model"],
-            f"{_fmt(m['kl'])} ± {_fmt(m.get('kl_se'))}",
+            _kl_cell(m),
             _fmt(m.get("nice_floor"), 4),
             f"{_fmt(m['w2'], 2)} / {_fmt(m.get('w2_floor'), 2)}",
+            _ce_cell(m.get("cross_entropy"), m.get("entropy"), m.get("off_support")),
             _seconds(m.get("train_seconds")),
             _fmt(m.get("steps")) + (" †" if i in slow else ""),
             _fmt(m.get("sample_seconds"), 2),
@@ -394,6 +423,7 @@ def seeds_markdown(runs: list[dict]) -> str:
         "KL (nats): median [min, max]",
         "NICE floor",
         "W2 / floor: medians",
+        "CE / H: medians",
         "train s",
         "steps",
         "sample s (10k)",
@@ -404,10 +434,13 @@ def seeds_markdown(runs: list[dict]) -> str:
     slow_runs = {id(runs[i]) for i in slow}
     rows = []
     for group in seed_groups(runs):
-        first, kls = group[0], [m["kl"] for m in group]
-        kl = _fmt(float(np.median(kls)))
-        if len(group) > 1:
+        first, kls = group[0], [m["kl"] for m in group if _is_number(m.get("kl"))]
+        kl = _fmt(float(np.median(kls))) if kls else ""
+        if len(kls) > 1:
             kl += f" [{_fmt(min(kls))}, {_fmt(max(kls))}]"
+        ce = _median(group, "cross_entropy")
+        if any(m.get("cross_entropy") is None for m in group):
+            ce = None  # infinite for at least one seed: the median is no finite number either
         steps = _fmt(_median(group, "steps"), 0)
         row = (
             first["data"],
@@ -416,6 +449,7 @@ def seeds_markdown(runs: list[dict]) -> str:
             kl,
             _fmt(first.get("nice_floor"), 4),
             f"{_fmt(_median(group, 'w2'), 2)} / {_fmt(_median(group, 'w2_floor'), 2)}",
+            _ce_cell(ce, _median(group, "entropy"), _median(group, "off_support")),
             _seconds(_median(group, "train_seconds")),
             steps + (" †" if any(id(m) in slow_runs for m in group) else ""),
             _fmt(_median(group, "sample_seconds"), 2),
@@ -482,10 +516,14 @@ def draw_gallery(root: Path, runs: list[dict]) -> Figure:
                 continue
             with np.load(arrays) as f:
                 s, logd, bound = f["samples"], f["log_density"], float(f["bound"])
+                histogram = bool(f["histogram"]) if "histogram" in f else False
             ax_s.scatter(s[:, 0], s[:, 1], s=0.5, color="tab:blue", rasterized=True)
             ax_s.set(xlim=(-bound, bound), ylim=(-bound, bound))
-            ax_s.set_title(f"KL {m['kl']:.3f}", fontsize=7)
+            shown = f"KL {m['kl']:.3f}" if _is_number(m.get("kl")) else f"W2 {m['w2']:.3f}"
+            ax_s.set_title(shown, fontsize=7)
             ax_d.imshow(np.exp(logd), origin="lower", extent=(-bound, bound, -bound, bound))
+            if histogram:  # a model without a density: its samples' histogram, named so
+                ax_d.set_title("no density: histogram", fontsize=7)
     axes[0, 0].set_ylabel("data", fontsize=8)
     title = fig.suptitle(f"genlab gallery: {root.name}")
     # One column is narrower than the title: widen the figure to fit it (constrained layout fits
@@ -543,6 +581,19 @@ def quality_points(run: dict) -> dict[str, dict[float, float]]:
         label = run["model"] if score.stage is None else f"{run['model']} round {score.stage}"
         label += f", {score.sampler}" + (" (ODE)" if score.sampler in SOLVERS else "")
         curves.setdefault(label, {})[score.nfe] = score.w2
+    return curves
+
+
+def quality_times(run: dict) -> dict[str, dict[float, float]]:
+    """``{label: {seconds: W2}}``: the curves of :func:`quality_points` against the seconds
+    each scored draw took (scores without a recorded time are left out)."""
+    curves: dict[str, dict[float, float]] = {}
+    for score in scores.read(run):
+        if score.nfe is None or score.seconds is None:
+            continue
+        label = run["model"] if score.stage is None else f"{run['model']} round {score.stage}"
+        label += f", {score.sampler}" + (" (ODE)" if score.sampler in SOLVERS else "")
+        curves.setdefault(label, {})[score.seconds] = score.w2
     return curves
 
 
@@ -607,8 +658,19 @@ def write_report(sweep_dir: str | Path, animate: bool = False) -> list[dict]:
         shown = [median_run(g) for g in seed_groups(runs)]  # one run per setting
         draw_gallery(root, shown).savefig(tmp["gallery.png"], dpi=100)
         if panels:
-            title = f"W2 against NFE: {root.name}"
-            plots.plot_quality_vs_nfe(panels, title, tmp["quality_vs_nfe.png"])
+            title = f"W2 against NFE and sampling time: {root.name}"
+            timed = {
+                data: {
+                    label: c
+                    for m in runs
+                    if m["data"] == data
+                    for label, c in quality_times(m).items()
+                }
+                for data in panels
+            }
+            timed = timed if any(timed.values()) else None
+            points = next((m.get("n_w2") for m in runs if _is_number(m.get("n_w2"))), None)
+            plots.plot_quality_vs_nfe(panels, title, tmp["quality_vs_nfe.png"], timed, points)
     if animate:  # after the rest: runs without a flow.gif still get their leaderboard
         with atomic(root / "gallery.gif") as tmp_gif:
             animate_gallery(root, runs, tmp_gif)

@@ -220,6 +220,21 @@ def _fit_and_evaluate(cfg, toy, model: Model, fit: Fit, figures: RunFigures, run
     return out
 
 
+def summary_line(out: dict) -> str:
+    """The end-of-run line: the KL (for a model with a density), W2 beside its floor, the
+    truth's cross-entropy of the samples beside its entropy, and the training time."""
+    parts = []
+    if "kl" in out:
+        parts.append(f"nll {out['nll']:.4f}  kl {out['kl']:.4f} +- {out['kl_se']:.4f}")
+    parts.append(f"w2 {out['w2']:.3f} (floor {out['w2_floor']:.3f})")
+    if "cross_entropy" in out:
+        parts.append(f"cross-entropy {out['cross_entropy']:.3f} (entropy {out['entropy']:.3f})")
+    elif "off_support" in out:
+        parts.append(f"cross-entropy inf ({100 * out['off_support']:.2f}% off the support)")
+    parts.append(f"{out['train_seconds']:.1f} s")
+    return "  ".join(parts)
+
+
 def train(cfg: DictConfig, run_dir: str | Path | None = None, sweep: str | None = None) -> dict:
     """Train ``cfg.model`` on ``cfg.data``, evaluate it and write every output to ``run_dir``.
 
@@ -245,15 +260,5 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, sweep: str | None 
     except WriteError as e:
         fix = "free space" if e.full else "fix that"
         raise WriteError(f"{e}; {fit.resume_advice(fix)}", e.path, e.full) from e
-    log.info(
-        "%s: nll %.4f  kl %.4f +- %.4f  w2 %.3f (floor %.3f)  %.1f s  -> %s",
-        figures.title,
-        out["nll"],
-        out["kl"],
-        out["kl_se"],
-        out["w2"],
-        out["w2_floor"],
-        out["train_seconds"],
-        run_dir,
-    )
+    log.info("%s: %s  -> %s", figures.title, summary_line(out), run_dir)
     return out

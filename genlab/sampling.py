@@ -3,9 +3,16 @@
 A continuous model carries noise at t=0 to data at t=1. Its ``sample()`` either solves the ODE
 ``dx/dt = v(t, x)`` with a solver of :mod:`genlab.ode` (``dopri5``, ``euler``, ``midpoint``,
 ``rk4``), or runs a method of its own that is not an ODE solver: ``sde`` (the rectified flow and
-diffusion; :func:`marginal_sde` below) and diffusion's discrete ``ancestral`` and ``ddim``
-steps. :class:`Sampler` names the method and its settings; each model lists the methods it
-knows in ``methods``.
+diffusion; :func:`marginal_sde` below) and diffusion's discrete ``ancestral``, ``ddim``,
+``dpmpp_2m`` and ``heun`` steps. :class:`Sampler` names the method and its settings; each model
+lists the methods it knows in ``methods``.
+
+The step grids: a model's own few-step methods place their ``steps + 1`` times on [0, 1] by
+one of :data:`SPACINGS` (:func:`step_times`), given the path's log-SNR
+``lambda(t) = log(alpha^2 / sigma^2)``: ``uniform`` in t, ``logsnr`` (uniform in lambda, as
+DPM-Solver recommends), or ``karras`` (Karras et al. 2022: uniform in ``sigma_edm^(1/rho)``
+with ``sigma_edm = sigma / alpha = exp(-lambda / 2)``, rho=7, which packs the steps towards
+the data end). Every grid starts at t=0 and ends at t=1, the model's own ends.
 
 The SDE: for any ``g(t) >= 0``, the SDE
 
@@ -20,21 +27,27 @@ References:
     Equations" (the reverse SDE and its probability-flow ODE).
     Kloeden & Platen (1992), "Numerical Solution of Stochastic Differential Equations"
     (Euler-Maruyama).
+    Lu et al. (2022), "DPM-Solver" (steps uniform in log-SNR).
+    Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based Generative Models"
+    (the rho=7 spacing, Heun's method and churn).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from genlab.checks import check_int, check_positive
+from genlab.checks import check_choice, check_int, check_positive
 from genlab.ode import SOLVERS, Solver
 
-__all__ = ["Sampler", "as_sampler", "marginal_sde"]
+__all__ = ["SPACINGS", "Sampler", "as_sampler", "marginal_sde", "step_times"]
+
+SPACINGS = ("uniform", "logsnr", "karras")
 
 
 @dataclass(frozen=True)
@@ -45,11 +58,17 @@ class Sampler:
         method: a solver of :data:`genlab.ode.SOLVERS`, or a method of the model that is not
             an ODE solver (``sde``; diffusion's ``ancestral`` and ``ddim``). The model checks
             it against its own ``methods``.
-        steps: number of equal steps over [0, 1] (every method but ``dopri5``).
+        steps: number of steps over [0, 1] (every method but ``dopri5``).
         atol, rtol: tolerances of ``dopri5``.
         eta: DDIM's noise, in [0, 1]: 0 is deterministic DDIM, 1 is DDPM's ancestral step.
         noise: scale of the SDE's ``g(t)^2`` (>= 0; 0 is the ODE). Each model states its
             ``g``.
+        spacing: where a model's own few-step methods put their steps, one of
+            :data:`SPACINGS` (:func:`step_times`); the ODE solvers of :mod:`genlab.ode` always
+            take equal steps in t.
+        rho: the ``karras`` spacing's exponent (> 0; 7 in Karras et al.).
+        churn: Heun's ``S_churn`` (>= 0): noise added before each step, raising the noise
+            level by the factor ``1 + min(churn / steps, sqrt(2) - 1)``; 0 is the ODE.
     """
 
     method: str = "dopri5"
@@ -58,6 +77,9 @@ class Sampler:
     rtol: float = 1e-5
     eta: float = 0.0
     noise: float = 1.0
+    spacing: str = "uniform"
+    rho: float = 7.0
+    churn: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str):
@@ -66,6 +88,9 @@ class Sampler:
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta!r}")
         check_positive("noise", self.noise, zero=True)
+        check_choice("spacing", self.spacing, SPACINGS)
+        check_positive("rho", self.rho)
+        check_positive("churn", self.churn, zero=True)
 
     @property
     def is_ode(self) -> bool:
@@ -101,34 +126,89 @@ def as_sampler(sampler: Sampler | Solver) -> Sampler:
     raise TypeError(f"sampler must be a genlab Sampler or Solver, got {type(sampler).__name__}")
 
 
+def step_times(
+    spacing: str,
+    steps: int,
+    log_snr: Callable[[Tensor], Tensor] | None = None,
+    rho: float = 7.0,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+) -> Tensor:
+    """The ``steps + 1`` times of a step grid on [0, 1], increasing from exactly 0 to exactly 1.
+
+    Arguments:
+        spacing: ``uniform`` (equal steps in t), ``logsnr`` (equal steps in ``lambda``) or
+            ``karras`` (equal steps in ``sigma_edm^(1/rho)``, ``sigma_edm = exp(-lambda/2)``).
+        steps: number of steps (>= 1).
+        log_snr: the path's ``lambda(t) = log(alpha^2 / sigma^2)``, finite and increasing on
+            [0, 1]; needed by every spacing but ``uniform``.
+        rho: the ``karras`` exponent.
+
+    The times of a target ``lambda`` are found by bisection in float64 (60 halvings: to
+    1e-18 in t), so any increasing schedule works.
+    """
+    check_int("steps", steps, 1)
+    check_choice("spacing", spacing, SPACINGS)
+    if spacing == "uniform":
+        return torch.linspace(0.0, 1.0, steps + 1, dtype=dtype, device=device)
+    if log_snr is None:
+        raise ValueError(f"the {spacing!r} spacing needs the path's log-SNR")
+    ends = log_snr(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    lo, hi = ends.tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"the {spacing!r} spacing needs a finite, increasing log-SNR; it runs from {lo} to {hi}"
+        )
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if spacing == "logsnr":
+        target = lo + u * (hi - lo)
+    else:
+        s_max, s_min = math.exp(-lo / (2 * rho)), math.exp(-hi / (2 * rho))
+        target = -2 * rho * torch.log(s_max + u * (s_min - s_max))
+    a, b = torch.zeros_like(target), torch.ones_like(target)
+    for _ in range(60):
+        mid = 0.5 * (a + b)
+        below = log_snr(mid) < target
+        a, b = torch.where(below, mid, a), torch.where(below, b, mid)
+    times = 0.5 * (a + b)
+    times[0], times[-1] = 0.0, 1.0
+    return times.to(dtype=dtype, device=device)
+
+
 def marginal_sde(
     velocity_and_score: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
     g2: Callable[[Tensor], Tensor],
     x: Tensor,
     steps: int,
     generator: torch.Generator | None = None,
+    times: Tensor | None = None,
 ) -> Tensor:
     """Euler-Maruyama on ``dx = [v + g^2/2 * score] dt + g dW`` from t=0 (noise) to t=1.
 
-    Step ``i`` of ``h = 1/steps`` from ``t_i = i h``:
-    ``x <- x + (v + g^2/2 * s) h + sqrt(g^2 h) z`` with ``z ~ N(0, I)`` from ``generator``, so
-    the field is never evaluated at t=1 (where a path's score may be singular).
+    Step ``i`` from ``t_i`` to ``t_{i+1}`` (``h = t_{i+1} - t_i``; equal steps unless
+    ``times`` are given): ``x <- x + (v + g^2/2 * s) h + sqrt(g^2 h) z`` with ``z ~ N(0, I)``
+    from ``generator``, so the field is never evaluated at t=1 (where a path's score may be
+    singular).
 
     Arguments:
         velocity_and_score: ``(t, x) -> (v, score)``, each (B, D), with ``t`` a 0-dim tensor;
             one network evaluation for both.
         g2: ``t -> g(t)^2``, the squared diffusion coefficient (0-dim tensor, >= 0).
         x: the noise at t=0, (B, D).
-        steps: number of equal steps (>= 1).
+        steps: number of steps (>= 1).
         generator: the source of the Brownian increments (same generator state, same path).
+        times: the ``steps + 1`` step times from 0 to 1 (:func:`step_times`); ``None``: equal.
 
     Returns:
         The state at t=1, (B, D).
     """
     check_int("steps", steps, 1)
-    h = 1.0 / steps
+    if times is None:
+        times = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    grid = times.tolist()
     for i in range(steps):
-        t = torch.tensor(i * h, dtype=x.dtype, device=x.device)
+        t = torch.tensor(grid[i], dtype=x.dtype, device=x.device)
+        h = grid[i + 1] - grid[i]
         v, score = velocity_and_score(t, x)
         gg = g2(t)
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

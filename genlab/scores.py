@@ -1,12 +1,13 @@
 """Few-step quality scores as records, and the one grammar of their keys in ``metrics.json``.
 
-A :class:`QualityScore` is W2 (and the NFE it cost) of one sampler at one step count, at the
-end of the run or at the end of one training stage of a multi-stage model. ``metrics.json``
-stores them flat, under keys of this grammar (this module writes them and reads them back;
-no other module spells or parses them):
+A :class:`QualityScore` is W2 (and the NFE and seconds it cost) of one sampler at one step
+count, at the end of the run or at the end of one training stage of a multi-stage model.
+``metrics.json`` stores them flat, under keys of this grammar (this module writes them and reads
+them back; no other module spells or parses them):
 
-- ``w2_<sampler><steps>`` and ``nfe_<sampler><steps>``: scored at the end of the run
-  (``w2_ddim10``, ``nfe_ddim10``); a sampler's name is lowercase letters and underscores;
+- ``w2_<sampler><steps>``, ``nfe_<sampler><steps>`` and ``sec_<sampler><steps>``: scored at
+  the end of the run (``w2_ddim10``, ``nfe_ddim10``, ``sec_ddim10``); a sampler's name is
+  lowercase letters and underscores;
 - ``round<stage>_<key>``: any entry of the report at the end of stage ``stage`` (0 is the
   first training, k the k-th reflow round), its own diagnostics (``round1_straightness``)
   and its scores (``round1_w2_euler1``).
@@ -36,6 +37,8 @@ class QualityScore:
         nfe: velocity (or network) evaluations per sample it took, as counted; ``None`` for a
             model that does not count them.
         stage: the training stage at whose end it was scored; ``None``: the end of the run.
+        seconds: wall-clock seconds of the draw that was scored (its ``n`` samples, the
+            same ``n`` for every score of a run); ``None`` when not timed.
     """
 
     sampler: str
@@ -43,6 +46,7 @@ class QualityScore:
     w2: float
     nfe: int | float | None = None
     stage: int | None = None
+    seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not _SAMPLER.fullmatch(self.sampler):
@@ -56,6 +60,8 @@ class QualityScore:
         out = {f"{prefix}w2_{self.sampler}{self.steps}": self.w2}
         if self.nfe is not None:
             out[f"{prefix}nfe_{self.sampler}{self.steps}"] = self.nfe
+        if self.seconds is not None:
+            out[f"{prefix}sec_{self.sampler}{self.steps}"] = self.seconds
         return out
 
 
@@ -76,9 +82,11 @@ def read(metrics: Mapping) -> list[QualityScore]:
         if m is None or not isinstance(w2, int | float):
             continue
         nfe = metrics.get(key.replace("w2_", "nfe_", 1))
+        seconds = metrics.get(key.replace("w2_", "sec_", 1))
         stage = None if m.group(1) is None else int(m.group(1))
         nfe = nfe if isinstance(nfe, int | float) else None
-        out.append(QualityScore(m.group(2), int(m.group(3)), w2, nfe, stage))
+        seconds = seconds if isinstance(seconds, int | float) else None
+        out.append(QualityScore(m.group(2), int(m.group(3)), w2, nfe, stage, seconds))
     return out
 
 

@@ -56,6 +56,14 @@ TINY_MODEL = {
         "model.reflow_pairs=256",
         "model.reflow_steps=4",
     ],
+    "meanflow": ["model.network.hidden=16", "model.network.depth=1"],
+    "distill": [
+        "model.velocity.hidden=16",
+        "model.velocity.depth=1",
+        "model.reflow_pairs=256",
+        "model.distill_pairs=256",
+        "model.distill_steps=4",
+    ],
     "diffusion": [
         "model.network.hidden=16",
         "model.network.depth=1",

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -112,6 +113,53 @@ def test_cli_run_writes_every_output(tmp_path, model, extra, files):
         for sampler in ("ancestral", "ddim", "euler"):
             assert all(metrics[f"nfe_{sampler}{k}"] == k for k in (1, 2, 4, 10, 20, 100, 1000))
             assert all(metrics[f"w2_{sampler}{k}"] > 0 for k in (1, 10, 1000))
+
+
+ONE_STEP = {"model.pt", "metrics.json", "history.csv", "samples.png", "samples.npz", "genlab.log"}
+
+
+@pytest.mark.parametrize(
+    "model,files",
+    [
+        ("meanflow", ONE_STEP | {"quality_vs_steps.png"}),
+        ("distill", ONE_STEP | {"trajectories.png", "flow.gif", "quality_vs_steps.png"}),
+    ],
+)
+def test_cli_run_of_a_one_step_generator_reports_no_kl_and_every_other_measure(
+    tmp_path, model, files
+):
+    run_dir = tmp_path / model
+    done = run_cli(run_dir, [*tiny_overrides(model), "plots.animate=true"])
+    names = {p.name for p in run_dir.iterdir()}
+    assert files <= names and not {"density.png", "density_t.png"} & names  # no density
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert not {"kl", "kl_se", "nll"} & set(metrics)  # never a made-up KL
+    assert (METRIC_KEYS - {"kl", "kl_se", "nll"}) | {"off_support", "cross_entropy"} <= set(metrics)
+    assert metrics["nfe"] == 1  # one network evaluation a sample
+    assert metrics["w2_" + ("meanflow" if model == "meanflow" else "euler") + "1"] > 0
+    assert "cross-entropy" in done.stderr + done.stdout and " kl " not in done.stderr
+    with np.load(run_dir / "samples.npz") as f:
+        assert bool(f["histogram"])  # the gallery's cell is its samples' histogram, named so
+    if model == "distill":
+        assert metrics["steps"] == 6 + 4  # the flow's steps, then the distillation's
+    loaded = genlab.load_run(run_dir)
+    assert loaded.sample(5).shape == (5, 2)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        ["model.sampler.method=dpmpp_2m", "model.sampler.spacing=logsnr", "model.sampler.steps=5"],
+        ["model.sampler.method=heun", "model.sampler.spacing=karras", "model.sampler.churn=1"],
+    ],
+)
+def test_cli_diffusion_samples_by_each_few_step_sampler(tmp_path, sampler):
+    run_dir = tmp_path / "run"
+    run_cli(run_dir, [*tiny_overrides("diffusion"), *sampler, "model.sampler.steps=5"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["nfe"] == (10 if "heun" in sampler[0] else 5)
+    assert {"w2_dpmpp10", "w2_heun5", "nfe_heun5", "sec_heun5"} <= set(metrics)
+    assert metrics["nfe_heun5"] == metrics["nfe_dpmpp10"] == 10  # scored at equal NFE
 
 
 # A one-stage run stopped and resumed is compared with an uninterrupted one by the signal tests

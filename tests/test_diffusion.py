@@ -227,9 +227,13 @@ def test_quality_vs_steps_counts_the_evaluations_of_each_sampler():
     model.few_step_samplers = {**model.few_step_samplers, "runge_kutta": {"method": "rk4"}}
     scores = quality_vs_steps(model, get_toy("moons"), torch.Generator().manual_seed(0), 50, (1, 3))
     out = flatten(scores)
-    per_step = {"ancestral": 1, "ddim": 1, "euler": 1, "runge_kutta": 4}
-    assert out.keys() == {f"{m}_{s}{k}" for m in ("w2", "nfe") for s in per_step for k in (1, 3)}
+    per_step = {"ancestral": 1, "ddim": 1, "dpmpp": 1, "euler": 1, "runge_kutta": 4}
+    keys = {f"{m}_{s}{k}" for m in ("w2", "nfe", "sec") for s in per_step for k in (1, 3)}
+    # Heun takes two evaluations a step: it is scored at half the steps, at the others' NFE
+    keys |= {f"{m}_heun1" for m in ("w2", "nfe", "sec")}
+    assert out.keys() == keys
     assert all(out[f"nfe_{s}{k}"] == n * k for s, n in per_step.items() for k in (1, 3))
+    assert out["nfe_heun1"] == 2 and all(out[f"sec_{s}1"] > 0 for s in per_step)
 
 
 def test_loss_is_the_noise_regression_by_hand():
@@ -262,7 +266,7 @@ def test_bad_settings_name_the_value_and_the_choices():
     net = TimeMLP(2, 8, 1)
     with pytest.raises(
         ValueError,
-        match="unknown diffusion sampler 'ddpm'; choose one of: ancestral, ddim, sde",
+        match="unknown diffusion sampler 'ddpm'; choose one of: ancestral, ddim, dpmpp_2m, heun, ",
     ):
         Diffusion(net, VPSchedule(), Sampler("ddpm"), Solver())
     with pytest.raises(

@@ -178,7 +178,7 @@ def test_report_log_line_counts_runs_in_words(tmp_path, caplog, n):
 def test_leaderboard_shows_train_seconds_to_three_figures(seconds, shown):
     row = {"model": "nice", "data": "moons", "kl": 0.1, "w2": 0.3, "train_seconds": seconds}
     line = leaderboard_markdown([row]).splitlines()[2]
-    assert line.split(" | ")[5] == shown
+    assert line.split(" | ")[6] == shown
 
 
 @pytest.mark.parametrize("datas", [["moons"], ["moons", "8gaussians", "rings"]])
@@ -297,7 +297,7 @@ def test_leaderboard_flags_a_run_trained_far_below_its_models_median_speed(tmp_p
     runs, _ = collect(tmp_path)
     board = leaderboard_markdown(runs)
     rows = {line.split(" | ")[0].strip("| "): line for line in board.splitlines()[2:6]}
-    assert rows["2spirals"].split(" | ")[6] == "100 †"
+    assert rows["2spirals"].split(" | ")[7] == "100 †"
     assert "†" not in rows["moons"] and "†" not in rows["rings"]
     assert "Median steps/s per model in this sweep: rectified_flow 480, nice 90.0" in board
     assert "(on Some CPU, 1 thread)" in board
@@ -321,7 +321,7 @@ def test_a_sweep_over_seeds_reports_each_settings_median_and_range(tmp_path):
     assert [[m["seed"] for m in g] for g in groups] == [[0, 1, 2], [0]]
     assert [median_run(g)["run"] for g in groups] == ["2_nice_moons", "3_cnf_moons"]
     board = leaderboard_markdown(runs)
-    row = "| moons | nice | 0, 1, 2 | 0.200 [0.100, 0.300] |  | 0.30 / 0.20 | 12.0 | 100 |"
+    row = "| moons | nice | 0, 1, 2 | 0.200 [0.100, 0.300] |  | 0.30 / 0.20 |  | 12.0 | 100 |"
     assert row in board
     assert "| moons | cnf | 0 | 0.050 |  | 0.30 / 0.20 |" in board
     write_report(tmp_path)

@@ -3,9 +3,11 @@
 from genlab.models.base import Model
 from genlab.models.cnf import CNF
 from genlab.models.diffusion import Diffusion
+from genlab.models.distill import DistilledFlow
 from genlab.models.flow import ContinuousFlow
 from genlab.models.glow import Glow
 from genlab.models.invertible import InvertibleFlow
+from genlab.models.meanflow import MeanFlow
 from genlab.models.nice import NICE
 from genlab.models.nsf import NSF
 from genlab.models.realnvp import RealNVP
@@ -22,4 +24,6 @@ __all__ = [
     "CNF",
     "RectifiedFlow",
     "Diffusion",
+    "MeanFlow",
+    "DistilledFlow",
 ]

@@ -139,7 +139,19 @@ class Model(nn.Module):
     count of velocity evaluations expose it as ``nfe`` (``None`` otherwise); the trainer
     records it per step. ``constant_log_det`` says that the model's Jacobian determinant is
     the same everywhere (NICE), which bounds its KL from below: the yardstick reports that
-    floor beside it.
+    floor beside it. ``has_density = False`` says that the model only samples (a one-step
+    generator): its ``log_prob`` raises, and the yardstick, figures and report give it the
+    exact measures that need no density of the model (W2, the truth's cross-entropy of its
+    samples), never a made-up KL.
+
+    Few-step samplers are listed in ``few_step_samplers``: names mapped to the ``sample``
+    keywords that select them (the step count is added as ``steps=k``); a name is lowercase
+    letters and underscores, since the step count follows it in metric keys
+    (``w2_euler10``); an entry's ``nfe_per_step: n`` (not passed to ``sample``) scores it at
+    ``k // n`` steps, at the NFE of the others. ``quality_steps`` are the step counts at which
+    the end-of-run yardstick scores each of them (W2, NFE and seconds, drawn in
+    ``quality_vs_steps.png``); empty, as by default, it does not (a model with several stages
+    is scored at the end of each instead).
 
     Every subclass's ``sample`` and ``log_prob`` run in bounded memory: a request of more than
     ``chunk`` points (:data:`CHUNK`) is split into chunks that the subclass's own code handles
@@ -151,7 +163,10 @@ class Model(nn.Module):
     name: str = "model"
     dim: int = 2
     constant_log_det: bool = False
+    has_density: bool = True
     chunk: int = CHUNK
+    few_step_samplers: dict[str, dict] = {}
+    quality_steps: tuple[int, ...] = ()
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -194,17 +209,8 @@ class Transport:
 
     Such a model has a density ``log_prob(x, t)`` at every time of the path and can show the
     paths themselves; the figures draw trajectories and snapshots of p_t for every model that
-    is a ``Transport``. Few-step samplers are listed in ``few_step_samplers``: names mapped to
-    the ``sample`` keywords that select them (the step count is added as ``steps=k``); a name
-    is lowercase letters and underscores, since the step count follows it in metric keys
-    (``w2_euler10``).
-    ``quality_steps`` are the step counts at which the end-of-run yardstick scores each of
-    them (W2 and NFE, drawn in ``quality_vs_steps.png``); empty, as by default, it does not
-    (a model with several stages is scored at the end of each instead).
+    is a ``Transport``; its ``log_prob(x, t)`` draws p_t when the model ``has_density``.
     """
-
-    few_step_samplers: dict[str, dict] = {}
-    quality_steps: tuple[int, ...] = ()
 
     def log_prob(self, x: Tensor, t: float = 1.0) -> Tensor:
         """Log-density of ``x`` (B, dim) under the path's marginal at time ``t``; (B,)."""

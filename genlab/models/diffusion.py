@@ -31,10 +31,15 @@ every path, density and figure of :class:`genlab.models.flow.ContinuousFlow` wor
   exact, so ``log_prob`` is exact through :mod:`genlab.ode` like the other continuous models',
   with the same likelihood solver settings, and any ODE solver samples.
 - **Samplers** (``Sampler.method``): ``ancestral``, DDPM's reverse step (DDIM with eta=1);
-  ``ddim`` with ``eta`` (0: deterministic); ``sde``, Euler-Maruyama on the reverse SDE with
+  ``ddim`` with ``eta`` (0: deterministic); ``dpmpp_2m``, DPM-Solver++(2M), the multistep
+  second-order solver of the probability-flow ODE in data prediction and log-SNR (Lu et al.
+  2022b); ``heun``, EDM's second-order Heun steps on ``d x~ / d sigma~ = e_hat`` in the
+  scaled variables ``x~ = x / alpha``, ``sigma~ = sigma / alpha``, with optional ``churn``
+  (Karras et al. 2022); ``sde``, Euler-Maruyama on the reverse SDE with
   ``g(t)^2 = noise * sigma^2 lambda'`` (noise=1 is the time reversal of the forward
-  diffusion; :func:`genlab.sampling.marginal_sde`); the ODE solvers. All take ``steps`` equal
-  steps in t.
+  diffusion; :func:`genlab.sampling.marginal_sde`); the ODE solvers. The model's own methods
+  place their ``steps`` by the sampler's ``spacing`` (:func:`genlab.sampling.step_times`:
+  uniform in t, in log-SNR, or Karras' rho=7); the ODE solvers take equal steps in t.
 
 References:
     Ho, Jain, Abbeel (2020), "Denoising Diffusion Probabilistic Models".
@@ -44,7 +49,9 @@ References:
     Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models" (cosine).
     Lu et al. (2022), "DPM-Solver" (the cosine schedule's truncation at s = 0.9946).
     Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based Generative Models"
-    (skip connections around the network).
+    (skip connections around the network; Heun's sampler, its sigma spacing and churn).
+    Lu et al. (2022b), "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+    Probabilistic Models" (the 2M multistep update).
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from genlab.checks import check_choice, check_int, check_positive
 from genlab.models.base import check_points
 from genlab.models.flow import ContinuousFlow
 from genlab.ode import SOLVERS, Solver
-from genlab.sampling import Sampler, marginal_sde
+from genlab.sampling import Sampler, marginal_sde, step_times
 
 __all__ = ["SCHEDULES", "VPSchedule", "ProbabilityFlow", "Diffusion"]
 
@@ -129,6 +136,11 @@ class VPSchedule:
         sigma2 = -torch.expm1(log_a2)
         rate = beta / sigma2 * (self.s_max - self.eps)
         return torch.exp(0.5 * log_a2), torch.sqrt(sigma2), rate
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """``lambda(t) = log(alpha^2 / sigma^2)``, increasing in t (any shape)."""
+        log_a2, _ = self.log_alpha2_and_beta(self.diffusion_time(t))
+        return log_a2 - torch.log(-torch.expm1(log_a2))
 
 
 class ProbabilityFlow(nn.Module):
@@ -202,16 +214,20 @@ class Diffusion(ContinuousFlow):
         sampler, likelihood, dim, ema: see :class:`ContinuousFlow`; ``sampler.method`` is one
             of ``ancestral``, ``ddim``, ``sde`` or an ODE solver.
 
-    The end-of-run yardstick scores ``ancestral``, ``ddim`` (eta=0) and the probability-flow ODE
-    with Euler (``euler``) at each of ``quality_steps``.
+    The end-of-run yardstick scores ``ancestral``, ``ddim`` (eta=0), ``dpmpp`` (``dpmpp_2m``,
+    steps uniform in log-SNR), ``heun`` (Karras' spacing, no churn; at half the step counts,
+    since each of its steps takes two network evaluations) and the probability-flow ODE with Euler
+    (``euler``) at each of ``quality_steps``.
     """
 
     name = "diffusion"
-    methods = ("ancestral", "ddim", "sde", *SOLVERS)
+    methods = ("ancestral", "ddim", "dpmpp_2m", "heun", "sde", *SOLVERS)
     few_step_samplers = {
-        "ancestral": {"method": "ancestral"},
-        "ddim": {"method": "ddim", "eta": 0.0},
-        "euler": {"method": "euler"},
+        "ancestral": {"method": "ancestral", "spacing": "uniform"},
+        "ddim": {"method": "ddim", "eta": 0.0, "spacing": "uniform"},
+        "dpmpp": {"method": "dpmpp_2m", "spacing": "logsnr"},  # digits would run into k
+        "heun": {"method": "heun", "spacing": "karras", "churn": 0.0, "nfe_per_step": 2},
+        "euler": {"method": "euler", "spacing": "uniform"},
     }
     quality_steps = (1, 2, 4, 10, 20, 100, 1000)
 
@@ -243,39 +259,155 @@ class Diffusion(ContinuousFlow):
         self.counter.count += 1
         return self.field.velocity_and_score(t, x)
 
+    def _check_method(self, sampler: Sampler) -> Sampler:
+        sampler = super()._check_method(sampler)
+        if sampler.is_ode and sampler.spacing != "uniform":
+            raise ValueError(
+                f"spacing={sampler.spacing!r} applies to diffusion's own samplers (ancestral, "
+                f"ddim, dpmpp_2m, heun, sde); the ODE solver {sampler.method!r} takes equal "
+                "steps: use spacing=uniform"
+            )
+        return sampler
+
+    def step_times(self, sampler: Sampler, x: Tensor) -> Tensor:
+        """The ``sampler.steps + 1`` times of its grid (its ``spacing``), in ``x``'s dtype."""
+        return step_times(
+            sampler.spacing,
+            sampler.steps,
+            self.schedule.log_snr,
+            sampler.rho,
+            dtype=x.dtype,
+            device=x.device,
+        )
+
     def sample_with(self, z: Tensor, sampler: Sampler, generator: torch.Generator | None) -> Tensor:
-        """``ancestral``, ``ddim`` or ``sde`` from noise ``z`` (B, dim) in ``sampler.steps``."""
+        """``ancestral``, ``ddim``, ``dpmpp_2m``, ``heun`` or ``sde`` from noise ``z`` (B, dim)
+        in ``sampler.steps`` steps placed by ``sampler.spacing``."""
+        times = self.step_times(sampler, z)
         if sampler.method == "sde":
 
             def g2(t: Tensor) -> Tensor:
                 _, sigma, rate = self.schedule.coefficients(t)
                 return sampler.noise * sigma * sigma * rate
 
-            return marginal_sde(self.velocity_and_score, g2, z, sampler.steps, generator)
+            return marginal_sde(
+                self.velocity_and_score, g2, z, sampler.steps, generator, times.double().cpu()
+            )
+        if sampler.method == "dpmpp_2m":
+            return self.dpmpp_2m(z, times)
+        if sampler.method == "heun":
+            return self.heun(z, times, sampler.churn, generator)
         eta = 1.0 if sampler.method == "ancestral" else sampler.eta
-        return self.ddim(z, sampler.steps, eta, generator)
+        return self.ddim(z, sampler.steps, eta, generator, times)
+
+    def _predict(self, t: Tensor, x: Tensor) -> Tensor:
+        """The predicted noise at one time ``t`` (0-dim); one counted network evaluation."""
+        self.counter.count += 1
+        return self.field.noise(t, x)
+
+    def dpmpp_2m(self, x: Tensor, times: Tensor) -> Tensor:
+        """DPM-Solver++(2M) from noise ``x`` (B, dim) at t=0 over the grid ``times``.
+
+        With ``l = log(alpha / sigma)`` (half the log-SNR), ``h = l' - l`` and the data
+        prediction ``x_hat = (x - sigma e_hat) / alpha``, the step from ``(alpha, sigma)`` to
+        ``(alpha', sigma')`` is ``x' = sigma'/sigma x - alpha' expm1(-h) D``: ``D = x_hat`` on
+        the first step (first order), then ``D = (1 + 1/(2r)) x_hat - 1/(2r) x_hat_prev`` with
+        ``r = h_prev / h``, the second-order multistep correction (one network evaluation a
+        step). Returns the samples at t=1.
+        """
+        alpha, sigma, _ = self.schedule.coefficients(times)
+        half = torch.log(alpha / sigma)
+        previous, h_prev = None, None
+        for i in range(len(times) - 1):
+            e_hat = self._predict(times[i], x)
+            x_hat = (x - sigma[i] * e_hat) / alpha[i]
+            h = half[i + 1] - half[i]
+            d = x_hat
+            if previous is not None:
+                r = h_prev / h
+                d = (1 + 0.5 / r) * x_hat - (0.5 / r) * previous
+            x = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * torch.expm1(-h) * d
+            previous, h_prev = x_hat, h
+        return x
+
+    def heun(
+        self,
+        x: Tensor,
+        times: Tensor,
+        churn: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """EDM's Heun sampler from noise ``x`` (B, dim) at t=0 over the grid ``times``.
+
+        In ``x~ = x / alpha`` and ``sigma~ = sigma / alpha`` the probability-flow ODE is
+        ``d x~ / d sigma~ = e_hat(t, alpha x~)``. Each step is Heun's (the trapezoid of the
+        slopes at both ends; two network evaluations). With ``churn > 0`` a step first raises
+        the noise level to ``sigma^ = sigma~ (1 + gamma)``, ``gamma = min(churn / steps,
+        sqrt(2) - 1)``, by adding noise of variance ``sigma^2 - sigma~^2`` from ``generator``
+        (Karras et al., Algorithm 2), and starts from the time of ``sigma^`` (no earlier than
+        t=0). Returns the samples at t=1.
+        """
+        steps = len(times) - 1
+        alpha, sigma, _ = self.schedule.coefficients(times)
+        scaled = sigma / alpha
+        y = x / alpha[0]
+        gamma = min(churn / steps, math.sqrt(2) - 1)
+        for i in range(steps):
+            t, s = times[i], scaled[i]
+            if gamma > 0:
+                t = self.time_of_scaled_sigma(s * (1 + gamma)).to(times)
+                a_hat, s_hat, _ = self.schedule.coefficients(t)
+                noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+                y = y + torch.sqrt(((s_hat / a_hat) ** 2 - s * s).clamp(min=0)) * noise
+                s = s_hat / a_hat
+            a_t, _, _ = self.schedule.coefficients(t)
+            d = self._predict(t, a_t * y)
+            ds = scaled[i + 1] - s
+            y_next = y + ds * d
+            d_next = self._predict(times[i + 1], alpha[i + 1] * y_next)
+            y = y + ds * 0.5 * (d + d_next)
+        return alpha[-1] * y
+
+    def time_of_scaled_sigma(self, scaled: Tensor) -> Tensor:
+        """The genlab time at which ``sigma / alpha`` equals ``scaled`` (0-dim), clamped to
+        [0, 1]; by bisection on the log-SNR ``-2 log(sigma / alpha)``, in float64."""
+        target = -2 * torch.log(scaled.double())
+        a, b = torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+        for _ in range(60):
+            mid = 0.5 * (a + b)
+            if self.schedule.log_snr(mid) < target:
+                a = mid
+            else:
+                b = mid
+        return 0.5 * (a + b)
 
     def ddim(
-        self, x: Tensor, steps: int, eta: float = 0.0, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        steps: int,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        times: Tensor | None = None,
     ) -> Tensor:
-        """DDIM's step from each time of an equal grid of [0, 1] to the next, from noise ``x``.
+        """DDIM's step from each time of a grid of [0, 1] to the next, from noise ``x``.
 
         From ``(a, s)`` to ``(a', s')`` (alpha and sigma, a < a'):
         ``x' = a' x_hat + sqrt(s'^2 - c^2) e_hat + c z`` with ``x_hat = (x - s e_hat) / a`` and
         ``c = eta * s'/s * sqrt(1 - a^2/a'^2)``; eta=1 is the posterior
         ``q(x_t' | x_t, x_hat)``, DDPM's ancestral step, and eta=0 draws no noise.
 
+        ``times`` are the ``steps + 1`` grid times (:meth:`step_times`); ``None``: equal steps.
+
         Returns:
             The samples at t=1, (B, dim).
         """
         check_int("steps", steps, 1)
-        times = torch.linspace(0.0, 1.0, steps + 1, dtype=x.dtype, device=x.device)
+        if times is None:
+            times = torch.linspace(0.0, 1.0, steps + 1, dtype=x.dtype, device=x.device)
         alpha, sigma, _ = self.schedule.coefficients(times)
-        network = self.field.noise
         for i in range(steps):
             a, s, a1, s1 = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
-            self.counter.count += 1
-            e_hat = network(times[i], x)
+            e_hat = self._predict(times[i], x)
             c = eta * s1 / s * torch.sqrt(1 - (a / a1) ** 2)
             x = a1 / a * x + (torch.sqrt((s1 * s1 - c * c).clamp(min=0)) - a1 * s / a) * e_hat
             if eta > 0:
