@@ -75,11 +75,11 @@ class MeanFlow(Model):
     def __init__(
         self,
         network: nn.Module,
-        ratio: float = 0.25,
+        ratio: float = 0.5,
         time_distribution: str = "uniform",
         time_mean: float = 0.0,
         time_std: float = 1.0,
-        loss_power: float = 1.0,
+        loss_power: float = 0.5,
         steps: int = 1,
         ema: float = 0.999,
         dim: int = 2,
