@@ -42,7 +42,9 @@ def main() -> None:
     for name in args.models:
         model = build(name)
         sampler = getattr(model, "sampler", None)
-        if sampler is None:
+        if sampler is None and isinstance(getattr(model, "steps", None), int):
+            how = f"{model.steps} network evaluation{'s' * (model.steps > 1)}"
+        elif sampler is None:
             how = "its layers"
         elif sampler.method == "dopri5":
             how = "dopri5 (adaptive: its cost depends on the weights)"

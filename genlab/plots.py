@@ -226,17 +226,38 @@ def plot_density_snapshots(log_densities: Mapping[float, np.ndarray], bound: flo
     _save(fig, path)
 
 
+#: Data sets per row of the W2-against-NFE figure.
+PANELS_PER_ROW = 3
+
+#: The quality axes show W2 up to this many times the floor; a curve's points above (a sampler
+#: at 1-2 steps, far from the data) are drawn at the top edge, so that the curves near the
+#: data keep their resolution.
+W2_CEILING = 12.0
+
+
 def _quality_axes(
-    ax, curves: Mapping[str, Mapping[int, float]], floor: float, xlabel: str, legend: bool = True
+    ax,
+    curves: Mapping[str, Mapping[int, float]],
+    floor: float,
+    xlabel: str,
+    legend: bool = True,
+    colors: Mapping[str, object] | None = None,
 ) -> None:
     """W2 curves on log-log axes whose x ticks are the counts drawn, labelled as integers
-    (a seconds axis, ``xlabel`` naming seconds, keeps matplotlib's own ticks)."""
+    (a seconds axis, ``xlabel`` naming seconds, keeps matplotlib's own ticks). W2 is clipped
+    at :data:`W2_CEILING` times the floor; ``colors`` fixes each label's colour."""
+    top = W2_CEILING * floor
+    values = [w for curve in curves.values() for w in curve.values()]
     for label, curve in curves.items():
         xs = sorted(curve)
-        ax.plot(xs, [curve[x] for x in xs], marker="o", markersize=4, label=label)
+        ys = [min(curve[x], top) for x in xs]
+        color = None if colors is None else colors.get(label)
+        ax.plot(xs, ys, marker="o", markersize=4, label=label, color=color)
     ax.axhline(floor, color="0.4", linestyle="--", label="W2 floor (data vs data)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if values and max(values) > top:
+        ax.set_ylim(top=top * 1.05)
     if "seconds" not in xlabel:
         ticks = sorted({x for curve in curves.values() for x in curve})
         ax.xaxis.set_major_locator(FixedLocator(ticks))
@@ -244,7 +265,9 @@ def _quality_axes(
         ax.xaxis.set_minor_locator(NullLocator())
     plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.2, not 2 x 10^-1
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    low, high = ax.get_ylim()
+    # minor labels only on a short range, where there is room for them
+    ax.yaxis.set_minor_formatter(plain if high / low < 30 else FuncFormatter(lambda v, _: ""))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("W2 to data")
     ax.grid(alpha=0.3, which="both")
@@ -279,19 +302,33 @@ def plot_quality_vs_nfe(
         timed: ``{data: {label: {seconds: W2}}}``.
         points: the samples each timed draw made, for the axis label.
     """
-    rows = 2 if timed else 1
-    size = (len(panels) * 5.2 + 0.1, rows * 5.0 + 1.0)
-    fig, grid = plt.subplots(rows, len(panels), figsize=size, squeeze=False, layout="constrained")
-    axes = grid[0]
+    cols = min(len(panels), PANELS_PER_ROW)
+    per_kind = -(-len(panels) // cols)  # rows of NFE panels (and as many of time panels)
+    rows = per_kind * (2 if timed else 1)
+    size = (cols * 5.2 + 0.1, rows * 4.6 + 1.4)
+    fig, grid = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained")
+    labels = list(dict.fromkeys(label for curves, _ in panels.values() for label in curves))
+    palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors
+    colors = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    for ax in grid.flat:
+        ax.set_visible(False)
     for j, (data, (curves, floor)) in enumerate(panels.items()):
-        _quality_axes(grid[0, j], curves, floor, "NFE (network evaluations per sample)", False)
-        grid[0, j].set_title(data)
+        row, col = divmod(j, cols)
+        ax = grid[row, col]
+        ax.set_visible(True)
+        _quality_axes(ax, curves, floor, "NFE (network evaluations per sample)", False, colors)
+        ax.set_title(data)
         if timed:
+            ax = grid[per_kind + row, col]
+            ax.set_visible(True)
             shown = {label: timed.get(data, {}).get(label, {}) for label in curves}
             what = f"{points:,} samples" if points else "the draw"
-            _quality_axes(grid[1, j], shown, floor, f"seconds to draw {what}", False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
+            _quality_axes(ax, shown, floor, f"seconds to draw {what}", False, colors)
+            ax.set_title(f"{data}: against time")
+    handles = [plt.Line2D([], [], color=colors[label], marker="o") for label in labels]
+    handles.append(plt.Line2D([], [], color="0.4", linestyle="--"))
+    names = [*labels, "W2 floor (data vs data)"]
+    fig.legend(handles, names, loc="outside lower center", ncols=3, fontsize="small")
     fig.suptitle(title)
     _save(fig, path)
 

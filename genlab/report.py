@@ -567,15 +567,28 @@ def animate_gallery(root: Path, runs: list[dict], path: Path) -> None:
             writer.grab_frame()
 
 
+def _shown_scores(run: dict) -> list:
+    """The run's few-step scores, less those of its last stage for every sampler that the end
+    of the run scores too: the last stage ends where the run does, so they are one curve."""
+    found = scores.read(run)
+    staged = [s.stage for s in found if s.stage is not None]
+    final = {s.sampler for s in found if s.stage is None}
+    last = max(staged, default=None)
+    return [
+        s for s in found if not (s.stage == last and s.stage is not None and s.sampler in final)
+    ]
+
+
 def quality_points(run: dict) -> dict[str, dict[float, float]]:
     """``{label: {NFE: W2}}`` from one run's few-step scores (:func:`genlab.scores.read`).
 
     End-of-run scores give the curve ``<model>, <sampler>``; per-stage scores give
-    ``<model> round <r>, <sampler>``. An ODE solver's name is marked ``(ODE)``. Scores without
-    a recorded NFE are left out: the cost of a step is counted by the run, never assumed here.
-    """
+    ``<model> round <r>, <sampler>`` (the last stage's only where the end of the run does not
+    score that sampler: they would be the same curve). An ODE solver's name is marked ``(ODE)``.
+    Scores without a recorded NFE are left out: the cost of a step is counted by the run, never
+    assumed here."""
     curves: dict[str, dict[float, float]] = {}
-    for score in scores.read(run):
+    for score in _shown_scores(run):
         if score.nfe is None:
             continue
         label = run["model"] if score.stage is None else f"{run['model']} round {score.stage}"
@@ -588,7 +601,7 @@ def quality_times(run: dict) -> dict[str, dict[float, float]]:
     """``{label: {seconds: W2}}``: the curves of :func:`quality_points` against the seconds
     each scored draw took (scores without a recorded time are left out)."""
     curves: dict[str, dict[float, float]] = {}
-    for score in scores.read(run):
+    for score in _shown_scores(run):
         if score.nfe is None or score.seconds is None:
             continue
         label = run["model"] if score.stage is None else f"{run['model']} round {score.stage}"
