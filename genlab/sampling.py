@@ -45,7 +45,7 @@ from torch import Tensor
 from genlab.checks import check_choice, check_int, check_positive
 from genlab.ode import SOLVERS, Solver
 
-__all__ = ["SPACINGS", "Sampler", "as_sampler", "marginal_sde", "step_times"]
+__all__ = ["SPACINGS", "Sampler", "as_sampler", "marginal_sde", "step_times", "time_of_log_snr"]
 
 SPACINGS = ("uniform", "logsnr", "karras")
 
@@ -144,8 +144,8 @@ def step_times(
             [0, 1]; needed by every spacing but ``uniform``.
         rho: the ``karras`` exponent.
 
-    The times of a target ``lambda`` are found by bisection in float64 (60 halvings: to
-    1e-18 in t), so any increasing schedule works.
+    The times of a target ``lambda`` are found by bisection (:func:`time_of_log_snr`), so any
+    increasing schedule works.
     """
     check_int("steps", steps, 1)
     check_choice("spacing", spacing, SPACINGS)
@@ -165,14 +165,21 @@ def step_times(
     else:
         s_max, s_min = math.exp(-lo / (2 * rho)), math.exp(-hi / (2 * rho))
         target = -2 * rho * torch.log(s_max + u * (s_min - s_max))
+    times = time_of_log_snr(log_snr, target)
+    times[0], times[-1] = 0.0, 1.0
+    return times.to(dtype=dtype, device=device)
+
+
+def time_of_log_snr(log_snr: Callable[[Tensor], Tensor], target: Tensor) -> Tensor:
+    """The times in [0, 1] at which an increasing ``log_snr`` reaches ``target`` (any shape),
+    by 60 halvings in float64 (to 1e-18 in t); a target beyond an end gives that end."""
+    target = torch.as_tensor(target, dtype=torch.float64)
     a, b = torch.zeros_like(target), torch.ones_like(target)
     for _ in range(60):
         mid = 0.5 * (a + b)
         below = log_snr(mid) < target
         a, b = torch.where(below, mid, a), torch.where(below, b, mid)
-    times = 0.5 * (a + b)
-    times[0], times[-1] = 0.0, 1.0
-    return times.to(dtype=dtype, device=device)
+    return 0.5 * (a + b)
 
 
 def marginal_sde(

@@ -66,7 +66,7 @@ from genlab.checks import check_choice, check_int, check_positive
 from genlab.models.base import check_points
 from genlab.models.flow import ContinuousFlow
 from genlab.ode import SOLVERS, Solver
-from genlab.sampling import Sampler, marginal_sde, step_times
+from genlab.sampling import Sampler, marginal_sde, step_times, time_of_log_snr
 
 __all__ = ["SCHEDULES", "VPSchedule", "ProbabilityFlow", "Diffusion"]
 
@@ -370,16 +370,8 @@ class Diffusion(ContinuousFlow):
 
     def time_of_scaled_sigma(self, scaled: Tensor) -> Tensor:
         """The genlab time at which ``sigma / alpha`` equals ``scaled`` (0-dim), clamped to
-        [0, 1]; by bisection on the log-SNR ``-2 log(sigma / alpha)``, in float64."""
-        target = -2 * torch.log(scaled.double())
-        a, b = torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
-        for _ in range(60):
-            mid = 0.5 * (a + b)
-            if self.schedule.log_snr(mid) < target:
-                a = mid
-            else:
-                b = mid
-        return 0.5 * (a + b)
+        [0, 1]: where the log-SNR is ``-2 log(sigma / alpha)``."""
+        return time_of_log_snr(self.schedule.log_snr, -2 * torch.log(scaled.double()))
 
     def ddim(
         self,
