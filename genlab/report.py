@@ -579,6 +579,19 @@ def _shown_scores(run: dict) -> list:
     ]
 
 
+def _curves(run: dict, x) -> dict[str, dict[float, float]]:
+    """``{label: {x(score): W2}}`` over the run's shown scores, leaving out those where
+    ``x(score)`` is ``None``."""
+    curves: dict[str, dict[float, float]] = {}
+    for score in _shown_scores(run):
+        if x(score) is None:
+            continue
+        label = run["model"] if score.stage is None else f"{run['model']} round {score.stage}"
+        label += f", {score.sampler}" + (" (ODE)" if score.sampler in SOLVERS else "")
+        curves.setdefault(label, {})[x(score)] = score.w2
+    return curves
+
+
 def quality_points(run: dict) -> dict[str, dict[float, float]]:
     """``{label: {NFE: W2}}`` from one run's few-step scores (:func:`genlab.scores.read`).
 
@@ -587,27 +600,13 @@ def quality_points(run: dict) -> dict[str, dict[float, float]]:
     score that sampler: they would be the same curve). An ODE solver's name is marked ``(ODE)``.
     Scores without a recorded NFE are left out: the cost of a step is counted by the run, never
     assumed here."""
-    curves: dict[str, dict[float, float]] = {}
-    for score in _shown_scores(run):
-        if score.nfe is None:
-            continue
-        label = run["model"] if score.stage is None else f"{run['model']} round {score.stage}"
-        label += f", {score.sampler}" + (" (ODE)" if score.sampler in SOLVERS else "")
-        curves.setdefault(label, {})[score.nfe] = score.w2
-    return curves
+    return _curves(run, lambda score: score.nfe)
 
 
 def quality_times(run: dict) -> dict[str, dict[float, float]]:
     """``{label: {seconds: W2}}``: the curves of :func:`quality_points` against the seconds
-    each scored draw took (scores without a recorded time are left out)."""
-    curves: dict[str, dict[float, float]] = {}
-    for score in _shown_scores(run):
-        if score.nfe is None or score.seconds is None:
-            continue
-        label = run["model"] if score.stage is None else f"{run['model']} round {score.stage}"
-        label += f", {score.sampler}" + (" (ODE)" if score.sampler in SOLVERS else "")
-        curves.setdefault(label, {})[score.seconds] = score.w2
-    return curves
+    each scored draw took (scores without a recorded time or NFE are left out)."""
+    return _curves(run, lambda score: None if score.nfe is None else score.seconds)
 
 
 def quality_panels(runs: list[dict]) -> dict[str, tuple[dict, float]]:

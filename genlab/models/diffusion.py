@@ -353,15 +353,14 @@ class Diffusion(ContinuousFlow):
         y = x / alpha[0]
         gamma = min(churn / steps, math.sqrt(2) - 1)
         for i in range(steps):
-            t, s = times[i], scaled[i]
+            t, a, s = times[i], alpha[i], scaled[i]
             if gamma > 0:
                 t = self.time_of_scaled_sigma(s * (1 + gamma)).to(times)
-                a_hat, s_hat, _ = self.schedule.coefficients(t)
+                a, s_hat, _ = self.schedule.coefficients(t)
                 noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-                y = y + torch.sqrt(((s_hat / a_hat) ** 2 - s * s).clamp(min=0)) * noise
-                s = s_hat / a_hat
-            a_t, _, _ = self.schedule.coefficients(t)
-            d = self._predict(t, a_t * y)
+                y = y + torch.sqrt(((s_hat / a) ** 2 - s * s).clamp(min=0)) * noise
+                s = s_hat / a
+            d = self._predict(t, a * y)
             ds = scaled[i + 1] - s
             y_next = y + ds * d
             d_next = self._predict(times[i + 1], alpha[i + 1] * y_next)
