@@ -16,7 +16,7 @@ is in :mod:`genlab.plots`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,12 @@ FLOW_POINTS = 300  # points moving in flow.gif
 FLOW_DATA = 2000  # grey data points behind them
 FLOW_DENSITY_EVERY = 4  # p_t behind them every 4th frame, interpolated (in log) in between
 HISTOGRAM_POINTS = 50_000  # samples in the histogram of a model without a density
+#: How far below the uniform density on the figure's square a log-density may be given only
+#: up to a floor (``Model.figure_log_prob``). Any density's peak on the square is at least
+#: about the uniform one (its mass is nearly all there), and the figures show nothing 10 nats
+#: below the peak: the density panels are linear (e^-10 of the peak is no colour), and the
+#: ratio panel is grey or clipped there (NEGLIGIBLE = e^-6.9, RATIO_CLIP = 3 nats).
+FLOOR_NATS = 25.0
 
 
 class RunFigures:
@@ -54,6 +60,7 @@ class RunFigures:
         self.model, self.toy, self.run_dir = model, toy, Path(run_dir)
         self.seed, self.grid, self.animate = seed, grid, animate
         self.title = f"{model.name} on {toy.name}"
+        self._grids: dict[tuple[float, int], np.ndarray] = {}
         gen = torch.Generator(model.device).manual_seed(seed)
         self.data = toy.sample(VIEW_POINTS, gen).numpy(force=True)
 
@@ -92,8 +99,9 @@ class RunFigures:
         xs = self._samples()
         plots.plot_samples(self.data, xs, bound, title, self.run_dir / "samples.png")
         dtype = next(model.parameters()).dtype
+        self._grids = {}  # the model's log p_t grids of this model: (t, n) -> (n, n)
         if model.has_density:
-            log_q = plots.grid_log_density(model.log_prob, bound, self.grid, model.device, dtype)
+            log_q = self._grid(1.0, dtype, self.grid)
             log_p = plots.grid_log_density(
                 self.toy.log_prob, bound, self.grid, "cpu", torch.float64
             )
@@ -132,9 +140,7 @@ class RunFigures:
         plots.plot_trajectories(panels, self.data, bound, title, self.run_dir / "trajectories.png")
         if not model.has_density:
             return
-        snaps = {
-            t: self._grid(lambda x, t=t: model.log_prob(x, t=t), dtype) for t in SNAPSHOT_TIMES
-        }
+        snaps = {t: self._grid(t, dtype) for t in SNAPSHOT_TIMES}
         plots.plot_density_snapshots(snaps, bound, f"{title}: p_t", self.run_dir / "density_t.png")
 
     @torch.no_grad()
@@ -152,10 +158,7 @@ class RunFigures:
             paths = model.trajectories(FLOW_POINTS, self._gen(), points=frames).numpy(force=True)
             if model.has_density:
                 grid, keys = max(self.grid // 8, 8), (frames - 1) // FLOW_DENSITY_EVERY + 1
-                log_pt = [
-                    self._grid(lambda x, t=t: model.log_prob(x, t=t), dtype, grid)
-                    for t in np.linspace(0, 1, keys).tolist()
-                ]
+                log_pt = [self._grid(t, dtype, grid) for t in np.linspace(0, 1, keys).tolist()]
                 log_pt = plots.resample(np.stack(log_pt), frames)
                 panels = [plots.Panel("noise (t=0) to data (t=1) over p_t", paths, log_pt)]
             else:
@@ -174,9 +177,24 @@ class RunFigures:
         data = self.data[:FLOW_DATA]
         plots.animate_flow(panels, captions, data, self.toy.bound, title, self.run_dir / "flow.gif")
 
-    def _grid(self, log_prob: Callable, dtype: torch.dtype, n: int | None = None) -> np.ndarray:
+    def _grid(self, t: float, dtype: torch.dtype, n: int | None = None) -> np.ndarray:
+        """The model's log p_t on the n x n grid (default: half the density grid's side), by
+        ``figure_log_prob``, solved once a run: a finer grid of the same ``t`` already solved
+        (density.png's for t=1, the snapshots' for flow.gif's frames) gives it by averaging
+        the density over each of its cells (:func:`genlab.plots.pool_log_density`), the
+        figure a coarser grid of cells shows, for none of the solve's cost."""
         n = n or self.grid // 2
-        return plots.grid_log_density(log_prob, self.toy.bound, n, self.model.device, dtype)
+        for (t_done, m), log_pt in self._grids.items():
+            if math.isclose(t_done, t, abs_tol=1e-9) and m % n == 0:
+                return plots.pool_log_density(log_pt, m // n)
+        model, at = self.model, {} if t == 1.0 else {"t": t}  # a density has no t but 1
+        bound = self.toy.bound
+        floor = -math.log((2 * bound) ** 2) - FLOOR_NATS
+        log_pt = plots.grid_log_density(
+            lambda x: model.figure_log_prob(x, floor=floor, **at), bound, n, model.device, dtype
+        )
+        self._grids[(t, n)] = log_pt
+        return log_pt
 
 
 def quality_curves(

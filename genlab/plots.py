@@ -10,6 +10,7 @@ model, through its public interface) and a path, write one PNG and return nothin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,22 @@ def grid_log_density(
     pts = grid_points(bound, n).to(device=device, dtype=dtype)
     out = torch.cat([log_prob(c).double().cpu() for c in pts.split(chunk)])
     return out.reshape(n, n).numpy()
+
+
+def pool_log_density(log_q: np.ndarray, factor: int) -> np.ndarray:
+    """An (n, n) log-density grid of :func:`grid_points` as the (n / factor)-a-side grid of
+    the same square: each coarse cell holds the log of the mean density over the ``factor``
+    x ``factor`` cells it covers (a log-mean-exp), so mass is kept and ``-inf`` stays empty."""
+    n = log_q.shape[0]
+    if factor == 1:
+        return log_q
+    if n % factor or log_q.shape != (n, n):
+        raise ValueError(f"cannot pool a {log_q.shape} grid by {factor}")
+    blocks = torch.from_numpy(np.ascontiguousarray(log_q)).reshape(
+        n // factor, factor, n // factor, factor
+    )
+    pooled = torch.logsumexp(blocks.permute(0, 2, 1, 3).flatten(2), dim=2)
+    return (pooled - 2 * math.log(factor)).numpy()
 
 
 def log_histogram(samples: np.ndarray, bound: float, n: int) -> np.ndarray:

@@ -287,6 +287,13 @@ def speed_markdown(runs: list[dict], medians: dict[str, float], slow: set[int]) 
     rates = ", ".join(f"{k} {_seconds(v)}" for k, v in medians.items())
     text = f"\nMedian steps/s per model in this sweep: {rates}"
     text += f" (on {'; '.join(where)}).\n" if where else ".\n"
+    evals = {}
+    for m in runs:
+        if isinstance(m.get("eval_seconds"), int | float):
+            evals.setdefault(m["model"], []).append(m["eval_seconds"])
+    if evals:
+        shown = ", ".join(f"{k} {_seconds(float(np.median(v)))}" for k, v in evals.items())
+        text += f"Median seconds of evaluation and figures per run: {shown}.\n"
     if slow:
         text += (
             f"\n† trained at under {SLOW:g}x its model's median steps/s: the machine was busy "

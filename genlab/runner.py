@@ -11,6 +11,7 @@ import copy
 import logging
 import random
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,11 +209,12 @@ def _fit_and_evaluate(cfg, toy, model: Model, fit: Fit, figures: RunFigures, run
     out["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)  # trained
     out.update(fit.summary())
     log.info("evaluating %s on %s", model.name, toy.name)
-    e = cfg.eval
+    e, start = cfg.eval, time.perf_counter()
     out.update(
         metrics.evaluate(model, toy, seed=e.seed, n_test=e.n_test, n_w2=e.n_w2, n_timing=e.n_timing)
     )
     figures.final(out["steps"], fit.records, out["w2_floor"], out)
+    out["eval_seconds"] = time.perf_counter() - start  # the yardstick and every figure
     out["peak_memory_mb"] = metrics.peak_memory_mb(device)
     out["machine"] = metrics.machine(device)
     write_json(fit.run_dir / "metrics.json", out)

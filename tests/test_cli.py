@@ -42,6 +42,7 @@ METRIC_KEYS = {
     "steps",
     "train_seconds",
     "steps_per_second",
+    "eval_seconds",
     "sample_seconds",
     "peak_memory_mb",
     "machine",

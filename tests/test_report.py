@@ -294,8 +294,12 @@ def test_leaderboard_flags_a_run_trained_far_below_its_models_median_speed(tmp_p
             machine="Some CPU, 1 thread",
         )
     fake_run(tmp_path, "3_nice_moons", "nice", "moons", job=3, steps_per_second=90.0)
+    for i, seconds in enumerate([30.0, 50.0, 41.0]):  # what evaluation cost, beside it
+        path = tmp_path / f"{i}_rf_{['moons', 'rings', '2spirals'][i]}" / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "eval_seconds": seconds}))
     runs, _ = collect(tmp_path)
     board = leaderboard_markdown(runs)
+    assert "Median seconds of evaluation and figures per run: rectified_flow 41.0." in board
     rows = {line.split(" | ")[0].strip("| "): line for line in board.splitlines()[2:6]}
     assert rows["2spirals"].split(" | ")[7] == "100 †"
     assert "†" not in rows["moons"] and "†" not in rows["rings"]

@@ -187,6 +187,13 @@ class Model(nn.Module):
         """Draw ``n`` samples; returns shape (n, dim)."""
         raise NotImplementedError
 
+    def figure_log_prob(self, x: Tensor, floor: float | None = None, **kwargs) -> Tensor:
+        """The log-density the figures draw (keywords as ``log_prob``'s, e.g. ``t`` of a
+        :class:`Transport`): ``log_prob`` itself by default. ``floor``: a figure shows nothing
+        below it, so a model whose ``log_prob`` is a costly solve may return any value up to
+        ``floor`` where the density is surely below it, without the exact solve there."""
+        return self.log_prob(x, **kwargs)
+
     def stages(self) -> list[Stage]:
         """What the model trains on, in order; one stage on data batches by default."""
         return [Stage()]
