@@ -102,9 +102,7 @@ class RunFigures:
         self._grids = {}  # the model's log p_t grids of this model: (t, n) -> (n, n)
         if model.has_density:
             log_q = self._grid(1.0, dtype, self.grid)
-            log_p = plots.grid_log_density(
-                self.toy.log_prob, bound, self.grid, "cpu", torch.float64
-            )
+            log_p = truth_grid(self.toy, self.grid)
             plots.plot_density(log_p, log_q, bound, title, self.run_dir / "density.png")
         else:
             with torch.no_grad():
@@ -195,6 +193,23 @@ class RunFigures:
         )
         self._grids[(t, n)] = log_pt
         return log_pt
+
+
+_TRUTH_GRIDS: dict[tuple, np.ndarray] = {}  # truth_grid's, once a process
+
+
+def truth_grid(toy, n: int) -> np.ndarray:
+    """The truth's log-density on the n x n grid of :func:`genlab.plots.grid_points`, solved
+    once a process for each toy and size (a curve toy's quadrature takes seconds; the runs of
+    a sweep share it). A toy without :meth:`genlab.data.base.Toy._cache_key` is not cached."""
+    key = getattr(toy, "_cache_key", lambda: None)()
+    if key is not None and (key, n) in _TRUTH_GRIDS:
+        return _TRUTH_GRIDS[(key, n)]
+    log_p = plots.grid_log_density(toy.log_prob, toy.bound, n, "cpu", torch.float64)
+    if key is not None:
+        log_p.setflags(write=False)  # shared: nobody may change it
+        _TRUTH_GRIDS[(key, n)] = log_p
+    return log_p
 
 
 def quality_curves(

@@ -85,3 +85,20 @@ def test_a_run_solves_each_p_t_grid_once(compose_cfg, tmp_path, monkeypatch):
         assert points[t] == 16 * 16
     gif_only = [t for t in points if t not in (0.0, 0.25, 0.5, 0.75, 1.0)]
     assert gif_only and all(points[t] == 8 * 8 for t in gif_only)  # flow.gif's other keys
+
+
+def test_a_toys_entropy_and_grid_are_computed_once_a_process(monkeypatch):
+    from genlab.configs import get_toy
+    from genlab.data import base
+    from genlab.figures import truth_grid
+
+    first = get_toy("moons")
+    h = first.entropy()
+    calls = []
+    monkeypatch.setattr(base, "_midpoints", lambda *a: calls.append(a))  # would recompute
+    assert get_toy("moons").entropy() == h and not calls  # another instance, the same toy
+    grid = truth_grid(first, 16)
+    assert truth_grid(get_toy("moons"), 16) is grid and not grid.flags.writeable
+    other = get_toy("moons")
+    other.noise = 0.2  # a toy defined otherwise shares nothing
+    assert other._cache_key() != first._cache_key()
