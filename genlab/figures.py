@@ -60,7 +60,7 @@ class RunFigures:
         self.model, self.toy, self.run_dir = model, toy, Path(run_dir)
         self.seed, self.grid, self.animate = seed, grid, animate
         self.title = f"{model.name} on {toy.name}"
-        self._grids: dict[tuple[float, int], np.ndarray] = {}
+        self._grids: dict[tuple[float, int], np.ndarray] = {}  # log p_t by (t, n): (n, n)
         gen = torch.Generator(model.device).manual_seed(seed)
         self.data = toy.sample(VIEW_POINTS, gen).numpy(force=True)
 
@@ -99,7 +99,7 @@ class RunFigures:
         xs = self._samples()
         plots.plot_samples(self.data, xs, bound, title, self.run_dir / "samples.png")
         dtype = next(model.parameters()).dtype
-        self._grids = {}  # the model's log p_t grids of this model: (t, n) -> (n, n)
+        self._grids = {}  # solved again for the weights the model has now
         if model.has_density:
             log_q = self._grid(1.0, dtype, self.grid)
             log_p = truth_grid(self.toy, self.grid)

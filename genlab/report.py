@@ -292,7 +292,9 @@ def speed_markdown(runs: list[dict], medians: dict[str, float], slow: set[int]) 
         if isinstance(m.get("eval_seconds"), int | float):
             evals.setdefault(m["model"], []).append(m["eval_seconds"])
     if evals:
-        shown = ", ".join(f"{k} {_seconds(float(np.median(v)))}" for k, v in evals.items())
+        shown = ", ".join(  # in the order of the steps/s above
+            f"{k} {_seconds(float(np.median(evals[k])))}" for k in medians if k in evals
+        )
         text += f"Median seconds of evaluation and figures per run: {shown}.\n"
     if slow:
         text += (
