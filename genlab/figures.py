@@ -52,14 +52,28 @@ class RunFigures:
         seed: the evaluation seed (the same data view and noise for every model).
         grid: points per side of the density grids (an eighth of it behind ``flow.gif``).
         animate: write ``flow.gif`` (``plots.animate``).
+        source: the name of the distribution a transport starts from; the titles and the
+            labels of the paths name it when it is not the Gaussian noise.
     """
 
     def __init__(
-        self, model: Model, toy, run_dir: Path, *, seed: int, grid: int, animate: bool = True
+        self,
+        model: Model,
+        toy,
+        run_dir: Path,
+        *,
+        seed: int,
+        grid: int,
+        animate: bool = True,
+        source: str = "gaussian",
     ) -> None:
         self.model, self.toy, self.run_dir = model, toy, Path(run_dir)
         self.seed, self.grid, self.animate = seed, grid, animate
         self.title = f"{model.name} on {toy.name}"
+        self.start = "noise"
+        if source != "gaussian":
+            self.title = f"{model.name}: {source} to {toy.name}"
+            self.start = source
         self._grids: dict[tuple[float, int], np.ndarray] = {}  # log p_t by (t, n): (n, n)
         gen = torch.Generator(model.device).manual_seed(seed)
         self.data = toy.sample(VIEW_POINTS, gen).numpy(force=True)
@@ -134,8 +148,10 @@ class RunFigures:
         panels = [(f"round {k}", r["paths"].numpy()) for k, r in enumerate(records)]
         if not panels:
             paths = model.trajectories(TRAJECTORY_PATHS, self._gen()).numpy(force=True)
-            panels = [("noise (t=0) to samples (t=1)", paths)]
-        plots.plot_trajectories(panels, self.data, bound, title, self.run_dir / "trajectories.png")
+            panels = [(f"{self.start} (t=0) to samples (t=1)", paths)]
+        plots.plot_trajectories(
+            panels, self.data, bound, title, self.run_dir / "trajectories.png", self.start
+        )
         if not model.has_density:
             return
         snaps = {t: self._grid(t, dtype) for t in SNAPSHOT_TIMES}
@@ -158,9 +174,10 @@ class RunFigures:
                 grid, keys = max(self.grid // 8, 8), (frames - 1) // FLOW_DENSITY_EVERY + 1
                 log_pt = [self._grid(t, dtype, grid) for t in np.linspace(0, 1, keys).tolist()]
                 log_pt = plots.resample(np.stack(log_pt), frames)
-                panels = [plots.Panel("noise (t=0) to data (t=1) over p_t", paths, log_pt)]
+                label = f"{self.start} (t=0) to data (t=1) over p_t"
+                panels = [plots.Panel(label, paths, log_pt)]
             else:
-                panels = [plots.Panel("noise (t=0) to data (t=1)", paths)]
+                panels = [plots.Panel(f"{self.start} (t=0) to data (t=1)", paths)]
             captions = times
         elif isinstance(model, Layered):
             states = model.layer_states(FLOW_POINTS, self._gen()).numpy(force=True)

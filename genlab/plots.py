@@ -195,9 +195,15 @@ def plot_density(log_truth: np.ndarray, log_model: np.ndarray, bound: float, tit
 
 
 def plot_trajectories(
-    panels: Sequence[tuple[str, np.ndarray]], data: np.ndarray, bound: float, title: str, path
+    panels: Sequence[tuple[str, np.ndarray]],
+    data: np.ndarray,
+    bound: float,
+    title: str,
+    path,
+    start: str = "noise",
 ) -> None:
-    """Paths from noise (t=0) to data (t=1), one panel per ``(label, paths)``.
+    """Paths from noise (t=0, or the source ``start`` names) to data (t=1), one panel per
+    ``(label, paths)``.
 
     ``paths`` has shape (T, n, 2) at equally spaced times from 0 to 1; segments are coloured
     by time with TIME_CMAP over a grey scatter of the data, and the end points are dots in the
@@ -214,7 +220,7 @@ def plot_trajectories(
         lc.set_array(times)
         lc.set_clim(0, 1)
         ax.add_collection(lc)
-        for t, end, edge, name in ((0, paths[0], "white", "noise"), (1, paths[-1], "k", "sample")):
+        for t, end, edge, name in ((0, paths[0], "white", start), (1, paths[-1], "k", "sample")):
             ax.scatter(
                 *end.T,
                 s=9,

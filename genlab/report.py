@@ -145,6 +145,8 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
             continue
         m["run"] = str(path.parent.relative_to(root))
         m["job"] = _job_num(path.parent)
+        if m.get("source", "gaussian") != "gaussian":  # a transport from a toy is its own row
+            m["model"] = f"{m['model']} from {m['source']}"
         m["setting"] = _setting(path.parent, m)
         runs.append(m)
     failed = {p.parent for p in root.rglob(ERROR_FILE)}

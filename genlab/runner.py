@@ -131,6 +131,28 @@ def check_memory(cfg: DictConfig, model: Model, toy) -> None:
     check_fits(f"train.batch_size={batch}", need, "lower it", model.device)
 
 
+def source_name(cfg: DictConfig) -> str:
+    """The name of the run's source distribution: ``gaussian`` unless ``source=<toy>``."""
+    node = cfg.get("source")
+    if node is None or node.get("_target_") == "genlab.models.base.StandardNormal":
+        return "gaussian"
+    return getattr(instantiate(node), "name", "") or str(node.get("_target_"))
+
+
+def _check_source(cfg: DictConfig) -> None:
+    """Refuse ``source=<toy>`` for a model that starts from its own noise (no ``model.source``
+    key): it would be ignored, and the run would not be what was asked for."""
+    if "source" in cfg.model or source_name(cfg) == "gaussian":
+        return
+    from genlab.configs import key_owners  # composes every model config: only on this error
+
+    raise ConfigError(
+        f"source={source_name(cfg)}: {cfg.model._target_.rsplit('.', 1)[-1]} starts from "
+        f"N(0, I), not from another distribution; models with a source: "
+        f"{', '.join(key_owners('source'))}"
+    )
+
+
 def _config_error(e: InstantiationException) -> ConfigError:
     """Hydra's instantiation error as one line naming the config key (a :class:`ConfigError`
     raised by the object itself already names it)."""
@@ -172,6 +194,7 @@ def build(
         _check_config(cfg)
         device = resolve_device(cfg.device)
         toy = instantiate(cfg.data)
+        _check_source(cfg)
         model: Model = instantiate(cfg.model).to(device)
         config = OmegaConf.to_container(cfg, resolve=True)
         check_memory(cfg, model, toy)
@@ -205,7 +228,8 @@ def _fit_and_evaluate(cfg, toy, model: Model, fit: Fit, figures: RunFigures, run
     device = model.device
     fit.run(hooks=[(cfg.train.plot_every, figures.progress), run_log.hook])
 
-    out = {"model": model.name, "data": toy.name, "seed": cfg.seed, "device": str(device)}
+    out = {"model": model.name, "data": toy.name, "source": source_name(cfg)}
+    out.update(seed=cfg.seed, device=str(device))
     out["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)  # trained
     out.update(fit.summary())
     log.info("evaluating %s on %s", model.name, toy.name)
@@ -254,7 +278,13 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, sweep: str | None 
     seed_everything(cfg.seed)
     toy, model, fit, logger = build(cfg, run_dir)
     figures = RunFigures(
-        model, toy, run_dir, seed=cfg.eval.seed, grid=cfg.eval.grid, animate=cfg.plots.animate
+        model,
+        toy,
+        run_dir,
+        seed=cfg.eval.seed,
+        grid=cfg.eval.grid,
+        animate=cfg.plots.animate,
+        source=source_name(cfg),
     )
     try:
         with RunLock(run_dir), RunLog(logger, fit, sweep) as run_log:

@@ -137,7 +137,7 @@ def _targets(node, where: str):
     if isinstance(node, DictConfig):
         if "_target_" in node:
             yield where, node
-        for key, value in node.items():
+        for key, value in node.items_ex(resolve=False):
             yield from _targets(value, f"{where}.{key}")
 
 
@@ -168,8 +168,10 @@ def test_no_python_default_competes_with_a_model_config():
         if len(users[node._target_]) > 1:
             continue  # a shared building block
         signature = inspect.signature(get_class(node._target_))
-        for key, value in node.items():
-            if key == "_target_" or isinstance(value, DictConfig):
+        for key, value in node.items_ex(resolve=False):
+            if key == "_target_" or OmegaConf.is_interpolation(node, key):
+                continue  # an interpolation (model.source: ${source}) is the main config's
+            if isinstance(value, DictConfig):
                 continue
             default = signature.parameters[key].default
             if default is not inspect.Parameter.empty:

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 from genlab.data.base import Toy
 from genlab.data.curves import Moons, SwissRoll, TwoSpirals
-from genlab.data.mixtures import Checkerboard, Circles, EightGaussians, Rings
+from genlab.data.mixtures import Checkerboard, Circles, EightGaussians, Gaussian, Rings
 from genlab.data.pinwheel import Pinwheel
 
 __all__ = [
     "Toy",
+    "Gaussian",
     "EightGaussians",
     "Moons",
     "Checkerboard",

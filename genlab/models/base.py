@@ -30,6 +30,8 @@ __all__ = [
     "Prior",
     "StandardNormal",
     "StandardLogistic",
+    "SourcePrior",
+    "as_source",
     "make_prior",
     "check_points",
     "check_count",
@@ -253,7 +255,11 @@ class Layered:
 
 
 class Prior(nn.Module):
-    """A standard base distribution on R^dim with independent coordinates."""
+    """A base distribution on R^dim: a model's noise, or the source a transport starts from.
+
+    ``name`` says which (``gaussian``, ``logistic``, or the source toy's name)."""
+
+    name: str = "prior"
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -273,6 +279,8 @@ class Prior(nn.Module):
 class StandardNormal(Prior):
     """N(0, I)."""
 
+    name = "gaussian"
+
     def log_prob(self, z: Tensor) -> Tensor:
         return -0.5 * (z * z).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
 
@@ -283,6 +291,8 @@ class StandardNormal(Prior):
 class StandardLogistic(Prior):
     """Independent standard logistic coordinates, log p(z) = -sum(softplus(z) + softplus(-z))."""
 
+    name = "logistic"
+
     def log_prob(self, z: Tensor) -> Tensor:
         return -(nn.functional.softplus(z) + nn.functional.softplus(-z)).sum(-1)
 
@@ -291,6 +301,49 @@ class StandardLogistic(Prior):
         tiny = torch.finfo(u.dtype).tiny
         u = u.clamp(tiny, 1 - torch.finfo(u.dtype).eps)
         return torch.log(u) - torch.log1p(-u)
+
+
+class SourcePrior(Prior):
+    """Any distribution with an exact density as the base of a transport: a toy as the source.
+
+    Wraps an object with ``name``, ``sample(n, generator) -> (n, dim)`` and an exact
+    ``log_prob(x) -> (B,)`` (a :class:`genlab.data.Toy`); its samples are moved to the
+    requested device and dtype. The toy's log-density is exact but not differentiable, which
+    suits the models that need it only to evaluate (the rectified flow's ``log_prob``), not
+    those that train through it (the CNF's maximum likelihood).
+    """
+
+    def __init__(self, distribution, dim: int) -> None:
+        super().__init__(dim)
+        for need in ("sample", "log_prob"):
+            if not callable(getattr(distribution, need, None)):
+                raise TypeError(
+                    f"a source needs sample(n, generator) and log_prob(x); "
+                    f"{type(distribution).__name__} has no {need}"
+                )
+        self.distribution = distribution
+        self.name = getattr(distribution, "name", "") or type(distribution).__name__
+
+    def extra_repr(self) -> str:
+        return repr(self.distribution)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return self.distribution.log_prob(z)
+
+    def sample(self, n, generator=None, device=None, dtype=None):
+        return self.distribution.sample(n, generator).to(device=device, dtype=dtype)
+
+
+def as_source(source, dim: int) -> Prior:
+    """The base distribution of a transport: N(0, I) for ``None``, a :class:`Prior` as it is,
+    any other distribution (a toy) wrapped in a :class:`SourcePrior`."""
+    if source is None:
+        return StandardNormal(dim)
+    if isinstance(source, Prior):
+        if source.dim != dim:
+            raise ValueError(f"the source is {source.dim}-dimensional, the model {dim}")
+        return source
+    return SourcePrior(source, dim)
 
 
 PRIORS = {"normal": StandardNormal, "logistic": StandardLogistic}

@@ -18,7 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from genlab.checks import check_choice, check_fraction
-from genlab.models.base import Model, StandardNormal, Transport, check_count, check_points
+from genlab.models.base import (
+    Model,
+    Prior,
+    StandardNormal,
+    Transport,
+    as_source,
+    check_count,
+    check_points,
+)
 from genlab.ode import SOLVERS, NFECounter, Solver, transport, transport_logdet
 from genlab.sampling import Sampler, as_sampler
 
@@ -87,7 +95,11 @@ class EMA(nn.Module):
 
 
 class ContinuousFlow(Model, Transport):
-    """A model defined by a velocity field and the standard normal prior at t=0.
+    """A model defined by a velocity field and its source distribution at t=0.
+
+    The source is the standard normal unless a subclass takes another (the rectified flow
+    carries any toy to any other): sampling starts from its samples, and ``log_prob`` adds its
+    exact log-density at the end of the backward solve.
 
     Arguments:
         velocity: the field, called as ``velocity(t, x)``; a :class:`genlab.nn.TimeMLP` or a
@@ -101,6 +113,9 @@ class ContinuousFlow(Model, Transport):
             evaluate (0 disables it). It warms up: after ``n`` updates the decay is
             ``min(ema, (1 + n) / (10 + n))``, so a short run evaluates trained weights and a
             long one the full average.
+        source: the distribution at t=0: ``None`` (N(0, I)), a :class:`Prior`, or any
+            object with ``name``, ``sample(n, generator)`` and an exact ``log_prob(x)`` (a
+            toy; see :class:`genlab.models.base.SourcePrior`).
     """
 
     few_step_samplers = {"euler": {"method": "euler"}}
@@ -114,16 +129,27 @@ class ContinuousFlow(Model, Transport):
         likelihood: Solver,
         dim: int = 2,
         ema: float = 0.0,
+        source=None,
     ) -> None:
         super().__init__()
         check_fraction("ema", ema)
         self.dim = dim
         self.velocity = velocity
+        self.prior: Prior = as_source(source, dim)
         self.sampler = self._check_method(as_sampler(sampler))
         self.likelihood = likelihood
-        self.prior = StandardNormal(dim)
         self.counter = NFECounter()
         self.ema = EMA(velocity, ema) if ema > 0 else None
+
+    @property
+    def source(self) -> str:
+        """The name of the distribution at t=0 (``gaussian``, or the source toy's)."""
+        return self.prior.name
+
+    @property
+    def gaussian_source(self) -> bool:
+        """Whether the flow starts from N(0, I) (what its Gaussian-path formulas assume)."""
+        return isinstance(self.prior, StandardNormal)
 
     @property
     def field(self) -> nn.Module:

@@ -1,6 +1,7 @@
 """Rectified flow: a velocity field regressed on straight noise-to-data interpolations, and reflow.
 
-Training pairs ``x0 ~ N(0, I)``, ``x1 ~ data``, ``t ~ p(t)``, ``x_t = (1 - t) x0 + t x1`` and
+Training pairs ``x0 ~ N(0, I)`` (or any source distribution: a toy carried to another),
+``x1 ~ data``, ``t ~ p(t)``, ``x_t = (1 - t) x0 + t x1`` and
 the loss ``|v(t, x_t) - (x1 - x0)|^2``. Reflow draws noise, integrates it to data with a precise
 solver and retrains on these fixed (noise, sample) pairs, which straightens the paths so that
 few Euler steps suffice. Besides the ODE it samples by an SDE with the same marginals
@@ -64,6 +65,10 @@ class RectifiedFlow(ContinuousFlow):
         coupling: how noise is paired with a data batch: ``independent`` (plain rectified
             flow) or ``ot`` (minibatch optimal transport, OT-CFM: straighter paths, so fewer
             sampling steps, at the cost of an assignment per batch).
+        source: the distribution at t=0 (see :class:`ContinuousFlow`): N(0, I) by default,
+            or a toy, which the flow then carries to the data; ``log_prob`` ends in the
+            toy's exact log-density. The ``sde`` sampler needs the Gaussian source (its score
+            is that of the Gaussian path).
     """
 
     name = "rectified_flow"
@@ -82,8 +87,9 @@ class RectifiedFlow(ContinuousFlow):
         reflow_solver: Solver | None = None,
         coupling: str = "independent",
         dim: int = 2,
+        source=None,
     ) -> None:
-        super().__init__(velocity, sampler, likelihood, dim, ema)
+        super().__init__(velocity, sampler, likelihood, dim, ema, source)
         check_choice("time distribution", time_distribution, TIME_DISTRIBUTIONS)
         check_int("reflow", reflow, 0)
         check_int("reflow_pairs", reflow_pairs, 1)
@@ -116,6 +122,15 @@ class RectifiedFlow(ContinuousFlow):
         current flow after a stage on data."""
         x0, x1 = pairs if pairs is not None else self.make_pairs(n, generator)
         return {"straightness": self.straightness(x0[:n], x1[:n])}
+
+    def _check_method(self, sampler: Sampler) -> Sampler:
+        sampler = super()._check_method(sampler)
+        if sampler.method == "sde" and not self.gaussian_source:
+            raise ValueError(
+                f"the sde sampler needs the Gaussian source (its score is the Gaussian "
+                f"path's); this flow starts from {self.source}: use an ODE solver"
+            )
+        return sampler
 
     def velocity_and_score(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """The field ``v`` and the score of the path's marginal at time ``t < 1``, each (B, dim).
@@ -157,7 +172,10 @@ class RectifiedFlow(ContinuousFlow):
     def loss(self, x: Tensor) -> Tensor:
         """Velocity matching with fresh noise paired with the data batch, independently or by
         minibatch optimal transport (``coupling``)."""
-        noise = torch.randn_like(x)
+        if self.gaussian_source:
+            noise = torch.randn_like(x)
+        else:
+            noise = self.prior.sample(len(x), None, device=x.device, dtype=x.dtype)
         if self.coupling == "ot":
             noise = ot_pairing(noise, x)
         return self.pair_loss(noise, x)
@@ -166,7 +184,7 @@ class RectifiedFlow(ContinuousFlow):
     def make_pairs(
         self, n: int, generator: torch.Generator | None = None, chunk: int = 10_000
     ) -> tuple[Tensor, Tensor]:
-        """Reflow pairs: ``n`` noise points and where the current flow takes them.
+        """Reflow pairs: ``n`` source points and where the current flow takes them.
 
         Deterministic given the noise: same generator state, same pairs. Returns (z, x1),
         each (n, dim).
