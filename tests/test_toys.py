@@ -141,3 +141,77 @@ def test_bad_log_prob_shape(shape):
 
 def re_shape(shape) -> str:
     return r"\(" + r", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + r"\)"
+
+
+# -- classes: the parts a toy's samples are drawn from, with exact conditional densities --
+
+LABELLED = {
+    "8gaussians": 8,
+    "moons": 2,
+    "checkerboard": 8,
+    "2spirals": 2,
+    "pinwheel": 5,
+    "rings": 4,
+    "circles": 2,
+}
+
+
+def test_the_toys_with_natural_classes_have_them_and_the_others_refuse_labels():
+    assert {name: get_toy(name).classes for name in NAMES if get_toy(name).classes} == LABELLED
+    toy = get_toy("swissroll")
+    with pytest.raises(ValueError, match="swissroll has no classes"):
+        toy.sample_labelled(3)
+    with pytest.raises(ValueError, match="swissroll has no classes"):
+        toy.log_prob(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", list(LABELLED))
+def test_labelled_samples_are_the_samples_and_their_classes_have_the_class_probs(name):
+    toy = get_toy(name)
+    x = toy.sample(40_000, torch.Generator().manual_seed(6))
+    xl, y = toy.sample_labelled(40_000, torch.Generator().manual_seed(6))
+    assert torch.equal(x, xl) and y.dtype == torch.long and y.shape == (40_000,)
+    counts = torch.bincount(y, minlength=toy.classes).numpy()
+    probs = np.array(toy.class_probs)
+    assert abs(probs.sum() - 1) < 1e-12
+    assert stats.chisquare(counts, probs * len(y)).pvalue > 1e-3
+    # a point's own class explains it at least as well as the others almost always
+    per = torch.stack([toy.log_prob(x, torch.full_like(y, k)) for k in range(toy.classes)], 1)
+    own = per.gather(1, y[:, None])[:, 0]
+    assert torch.isfinite(own).all()
+    assert (own[:, None] >= per).all(1).double().mean() > 0.99
+
+
+@pytest.mark.parametrize("name", list(LABELLED))
+def test_each_class_integrates_to_one_and_their_mixture_is_the_density(name):
+    toy = get_toy(name)
+    pts, area = grid(toy.bound, 0.05)
+    y = torch.zeros(len(pts), dtype=torch.long)
+    per = torch.stack([toy.log_prob(pts, y + k) for k in range(toy.classes)], 1)
+    for k in range(toy.classes):
+        assert abs(per[:, k].exp().sum().item() * area - 1) < 2e-3, k
+    near = toy.sample(4000, torch.Generator().manual_seed(7)).double()
+    far = 2.5 * toy.bound * (torch.rand(1000, 2, generator=torch.Generator().manual_seed(8)) - 0.5)
+    x = torch.cat([near, far.double(), pts[::97]])
+    per = torch.stack([toy.log_prob(x, torch.full((len(x),), k)) for k in range(toy.classes)], 1)
+    mixture = torch.logsumexp(per + torch.tensor(toy.class_probs, dtype=torch.float64).log(), 1)
+    p = toy.log_prob(x)
+    assert torch.equal(torch.isfinite(mixture), torch.isfinite(p))
+    shown = torch.isfinite(p)
+    assert (mixture[shown] - p[shown]).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize(
+    "y, message",
+    [
+        (torch.zeros(4), "integer tensor of shape .B,., got torch.float32"),
+        (torch.zeros(4, 1, dtype=torch.long), r"got torch.int64 of shape \(4, 1\)"),
+        (torch.zeros(3, dtype=torch.long), "3 classes for 4 points"),
+        (torch.tensor([0, 1, 8, 2]), "class 8 of 8gaussians: classes are 0..7"),
+        (torch.tensor([0, -1, 0, 2]), "class -1 of 8gaussians"),
+        ([0, 1, 2, 3], "integer tensor of shape .B,., got <class 'list'>"),
+    ],
+)
+def test_bad_classes_are_refused_naming_them(y, message):
+    with pytest.raises(ValueError, match=message):
+        get_toy("8gaussians").log_prob(torch.zeros(4, 2), y)

@@ -5,7 +5,11 @@ original code spaces points evenly along a curve, the curve parameter is drawn u
 Every toy has a ``sample(n, generator)``, an exact ``log_prob(x)`` (nats), a grid
 ``entropy()``, the exact ``mean`` and ``covariance`` implied by its definition and its
 ``constant_log_det_floor``, the lowest KL a constant-Jacobian flow (NICE) can reach on it.
-docs/toys.md tabulates the eight and says how to add one.
+The seven toys made of natural parts (modes, arms, rings, squares) have them as classes:
+``classes``, ``class_probs``, ``sample_labelled(n, generator) -> (x, y)`` and the exact
+conditional density ``log_prob(x, y)``. ``Gaussian`` (a diagonal Gaussian, not one of the
+eight) is the known answer of the transport tests. docs/toys.md tabulates the eight and says
+how to add one.
 
 How the densities are computed (all in float64):
 

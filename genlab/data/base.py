@@ -61,6 +61,9 @@ class Toy:
 
     name: str = ""
     bound: float = 4.0
+    #: The number of natural classes (the parts a sample is drawn from: a mode, an arm, a
+    #: ring, a square); 0 for a toy without them.
+    classes: int = 0
     #: Lowest KL (nats) from this toy reachable by a constant-Jacobian flow (NICE) with a
     #: standard Gaussian prior, ``None`` if unknown; see the class docstring.
     constant_log_det_floor: float | None = None
@@ -93,13 +96,41 @@ class Toy:
         device = generator.device if generator is not None else torch.device("cpu")
         return self._sample(n, generator, device).to(torch.float32)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log-density ``log p(x)`` in nats (``-inf`` outside the support).
+    @property
+    def class_probs(self) -> tuple[float, ...]:
+        """The probability of each class (equal weights unless a toy says otherwise)."""
+        self._check_labelled()
+        return (1.0 / self.classes,) * self.classes
+
+    def sample_labelled(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``n`` i.i.d. points with the class each was drawn from.
+
+        The points are exactly those of ``sample(n, generator)`` from the same generator
+        state; ``ValueError`` for a toy without classes.
+
+        Returns:
+            ``(x, y)``: points (n, 2), float32, and their classes (n,), int64 in
+            ``0..classes-1``, on the generator's device.
+        """
+        self._check_labelled()
+        n = _check_n(n)
+        device = generator.device if generator is not None else torch.device("cpu")
+        x, y = self._sample_labelled(n, generator, device)
+        return x.to(torch.float32), y.long()
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Exact log-density ``log p(x)``, or ``log p(x | y)`` given classes, in nats
+        (``-inf`` outside the support).
 
         Computed in float64 on ``x.device`` from the detached input (not differentiable).
+        The class-weighted mixture of the conditional densities is the unconditional one.
 
         Arguments:
             x: points, a tensor of shape (B, 2) (else ``ValueError``).
+            y: ``None`` for the unconditional density, or each point's class, an integer
+                tensor of shape (B,) with values in ``0..classes-1`` (else ``ValueError``).
 
         Returns:
             Tensor of shape (B,) in ``x.dtype`` (float64 for integer input) on ``x.device``.
@@ -108,12 +139,39 @@ class Toy:
             raise TypeError(f"expected a torch.Tensor of shape (B, 2), got {type(x).__name__}")
         if x.ndim != 2 or x.shape[1] != 2:
             raise ValueError(f"expected points of shape (B, 2), got {tuple(x.shape)}")
+        if y is not None:
+            y = self._check_classes(y, len(x))
         dtype = x.dtype if x.is_floating_point() else F64
         xd = x.detach().to(F64)
         if len(xd) == 0:
             return torch.empty(0, dtype=dtype, device=x.device)
         rows = max(1, _BLOCK // self._block_cols())
-        return torch.cat([self._log_prob(c) for c in xd.split(rows)]).to(dtype)
+        if y is None:
+            return torch.cat([self._log_prob(c) for c in xd.split(rows)]).to(dtype)
+        out = torch.empty(len(xd), dtype=F64, device=x.device)
+        y = y.to(x.device)
+        for k in range(self.classes):
+            idx = (y == k).nonzero().squeeze(1)
+            for part in idx.split(rows):
+                out[part] = self._class_log_prob(xd[part], k).to(F64)
+        return out.to(dtype)
+
+    def _check_labelled(self) -> None:
+        if not self.classes:
+            raise ValueError(f"{self.name} has no classes: its parts are not natural labels")
+
+    def _check_classes(self, y, n: int) -> Tensor:
+        """``y`` if it is an integer tensor of ``n`` classes of this toy, else raise."""
+        self._check_labelled()
+        if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.ndim != 1:
+            got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y)
+            raise ValueError(f"classes must be an integer tensor of shape (B,), got {got}")
+        if len(y) != n:
+            raise ValueError(f"{len(y)} classes for {n} points")
+        if len(y) and (y.min() < 0 or y.max() >= self.classes):
+            bad = y[(y < 0) | (y >= self.classes)][0].item()
+            raise ValueError(f"class {bad} of {self.name}: classes are 0..{self.classes - 1}")
+        return y
 
     def entropy(self) -> float:
         """Differential entropy ``H = -int p log p`` by grid integration, cached in the process
@@ -162,6 +220,16 @@ class Toy:
         return 64
 
     def _sample(self, n: int, g: torch.Generator | None, device: torch.device) -> Tensor:
+        if self.classes:
+            return self._sample_labelled(n, g, device)[0]
+        raise NotImplementedError
+
+    def _sample_labelled(self, n: int, g, device) -> tuple[Tensor, Tensor]:
+        """Points (float64) and their classes; a labelled toy's ``_sample`` is its points."""
+        raise NotImplementedError
+
+    def _class_log_prob(self, x: Tensor, k: int) -> Tensor:
+        """``log p(x | class k)``, float64 in and out."""
         raise NotImplementedError
 
     def _log_prob(self, x: Tensor) -> Tensor:

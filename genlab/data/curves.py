@@ -23,7 +23,9 @@ class _CurveToy(Toy):
     ``p(x) = sum_a (1/A) int q(t) k(x1 - m_a1(t)) k(x2 - m_a2(t)) dt``, with the 1D noise
     kernel ``k``, is computed as ``sum_j w_j k(x1 - m_j1) k(x2 - m_j2)`` over composite
     Gauss-Legendre nodes: panels of equal arc length ``panel`` (final coordinates), ``order``
-    nodes each, so the rule resolves the noise scale uniformly along the curve.
+    nodes each, so the rule resolves the noise scale uniformly along the curve. With more
+    than one arm the arms are the classes: ``p(x | a)`` is the same sum over arm ``a``'s
+    nodes alone.
     """
 
     t_range: Pair = (0.0, 1.0)
@@ -38,8 +40,22 @@ class _CurveToy(Toy):
     def _t_density(self, t: Tensor) -> Tensor:
         return torch.full_like(t, 1 / (self.t_range[1] - self.t_range[0]))
 
-    def _nodes(self, device) -> tuple[Tensor, Tensor]:
-        """Quadrature nodes (N, 2) and weights (N,) (summing to 1) on ``device``."""
+    @property
+    def classes(self) -> int:  # the arms, when there are several
+        n = len(self._arms(torch.zeros(1, dtype=F64)))
+        return n if n > 1 else 0
+
+    def _nodes(self, device, arm: int | None = None) -> tuple[Tensor, Tensor]:
+        """Quadrature nodes (N, 2) and weights (N,) (summing to 1) on ``device``: of the whole
+        mixture, or of one ``arm`` alone."""
+        m, w, count = self._all_nodes(device)
+        if arm is None:
+            return m, w
+        start = sum(count[:arm])
+        return m[start : start + count[arm]], w[start : start + count[arm]] * len(count)
+
+    def _all_nodes(self, device) -> tuple[Tensor, Tensor, list[int]]:
+        """The mixture's nodes and weights, and the number of nodes of each arm, in order."""
         cache = self.__dict__.setdefault("_node_cache", {})
         key = (str(device), self.panel, self.order)
         if key not in cache:
@@ -60,8 +76,23 @@ class _CurveToy(Toy):
                 nodes.append(self._arms(t)[arm])
                 weights.append(w * self._t_density(t))
             n_arms = len(nodes)
-            cache[key] = (torch.cat(nodes).to(device), (torch.cat(weights) / n_arms).to(device))
+            cache[key] = (
+                torch.cat(nodes).to(device),
+                (torch.cat(weights) / n_arms).to(device),
+                [len(w) for w in weights],
+            )
         return cache[key]
+
+    def _class_log_prob(self, x, k):
+        return self._log_prob_on(x, *self._nodes(x.device, k))
+
+    def _log_prob(self, x):
+        return self._log_prob_on(x, *self._nodes(x.device))
+
+    def _log_prob_on(self, x: Tensor, m: Tensor, w: Tensor) -> Tensor:
+        """``log sum_j w_j k(x1 - m_j1) k(x2 - m_j2)`` over the nodes ``m`` (N, 2), weights
+        ``w`` (N,)."""
+        raise NotImplementedError
 
     def _block_cols(self) -> int:
         return len(self._nodes("cpu")[1])
@@ -104,8 +135,7 @@ class _GaussianCurve(_CurveToy):
     exponents formed by one matrix product (``|x|^2 - 2 x.m_j + |m_j|^2``).
     """
 
-    def _log_prob(self, x):
-        m, w = self._nodes(x.device)
+    def _log_prob_on(self, x, m, w):
         s2 = self.sigma**2
         e = (x @ m.T) / s2 + (w.log() - m.square().sum(1) / (2 * s2))
         return torch.logsumexp(e, 1) - x.square().sum(1) / (2 * s2) - math.log(2 * math.pi * s2)
@@ -128,7 +158,8 @@ class Moons(_GaussianCurve):
     Arms ``(2 cos t - 1, 2 sin t - 0.2)`` and ``(1 - 2 cos t, 0.8 - 2 sin t)``, each with
     probability 1/2, ``t ~ U[0, pi]``, plus N(0, 0.2^2 I) (sklearn's noise 0.1, scaled by 2).
     Mean (0, 0.3); covariance ``[[3.04, 0.5 - 4/pi], [0.5 - 4/pi, 2.29 - 4/pi]]``.
-    Entropy 2.3939 nats; constant-Jacobian floor 0.0358 nats.
+    Entropy 2.3939 nats; constant-Jacobian floor 0.0358 nats. Classes: the half circle, the
+    upper first.
 
     References:
         Grathwohl et al. 2019, FFJORD (the "moons" toy).
@@ -146,11 +177,11 @@ class Moons(_GaussianCurve):
         c, s = 2 * t.cos(), 2 * t.sin()
         return [torch.stack([c - 1, s - 0.2], -1), torch.stack([1 - c, 0.8 - s], -1)]
 
-    def _sample(self, n, g, device):
+    def _sample_labelled(self, n, g, device):
         t = math.pi * _rand(n, g, device)
-        arm = _randint(2, n, g, device).bool()[:, None]
+        arm = _randint(2, n, g, device)
         a, b = self._arms(t)
-        return torch.where(arm, b, a) + self.sigma * _randn(n, g, device, 2)
+        return torch.where(arm.bool()[:, None], b, a) + self.sigma * _randn(n, g, device, 2), arm
 
 
 class SwissRoll(_GaussianCurve):
@@ -186,7 +217,7 @@ class TwoSpirals(_CurveToy):
     ``n = 3 pi sqrt(U)`` (density ``2n / (3 pi)^2`` on [0, 3 pi]),
     ``d = (-n cos n + U1/2, n sin n + U2/2)``, ``x = +d/3`` or ``-d/3`` with probability 1/2,
     plus N(0, 0.1^2 I) (``U, U1, U2`` independent uniforms on [0, 1)). Entropy 2.6455 nats;
-    constant-Jacobian floor 0.0455 nats.
+    constant-Jacobian floor 0.0455 nats. Classes: the spiral, ``+d`` first.
 
     Density: per coordinate the jitter ``U/6`` convolved with the noise is the
     kernel ``k(y) = 6 [Phi((y + a)/sigma) - Phi((y - a)/sigma)]``, ``a = 1/12``, about the
@@ -222,11 +253,12 @@ class TwoSpirals(_CurveToy):
     def _noise_var(self) -> float:
         return self.sigma**2 + (2 * self.half) ** 2 / 12
 
-    def _sample(self, n, g, device):
+    def _sample_labelled(self, n, g, device):
         t = 3 * math.pi * _rand(n, g, device).sqrt()
         d = torch.stack([-t * t.cos(), t * t.sin()], -1) + _rand(n, g, device, 2) / 2
-        sign = 1 - 2 * _randint(2, n, g, device).to(F64)[:, None]
-        return sign * d / 3 + self.sigma * _randn(n, g, device, 2)
+        arm = _randint(2, n, g, device)
+        sign = 1 - 2 * arm.to(F64)[:, None]
+        return sign * d / 3 + self.sigma * _randn(n, g, device, 2), arm
 
     def _kernel(self, y: Tensor) -> Tensor:
         u, c = y.abs(), 1 / (self.sigma * math.sqrt(2))
@@ -240,8 +272,7 @@ class TwoSpirals(_CurveToy):
         lo = torch.special.log_ndtr((-self.half - u) / self.sigma)
         return math.log(6) + hi + torch.log1p(-torch.exp(lo - hi))
 
-    def _log_prob(self, x):
-        m, w = self._nodes(x.device)
+    def _log_prob_on(self, x, m, w):
         p = (self._kernel(x[:, :1] - m[:, 0]) * self._kernel(x[:, 1:] - m[:, 1])) @ w
         out = p.log()
         far = ~(p > 1e-250)

@@ -66,7 +66,8 @@ class EightGaussians(Toy):
     ``c_k = (4/1.414)(cos k pi/4, sin k pi/4)``, ``sigma = 0.5/1.414`` (FFJORD divides by
     1.414, not sqrt 2);
     ``log p(x) = logsumexp_k(-|x - c_k|^2 / (2 sigma^2)) - log 8 - log(2 pi sigma^2)``.
-    Entropy 2.8319 nats; constant-Jacobian floor 0.0008 nats.
+    Entropy 2.8319 nats; constant-Jacobian floor 0.0008 nats. Classes: the mode ``k``,
+    ``p(x | k) = N(c_k, sigma^2 I)``.
 
     References:
         Grathwohl et al. 2019, FFJORD (the "8gaussians" toy).
@@ -75,6 +76,7 @@ class EightGaussians(Toy):
     name = "8gaussians"
     bound = 5.0
     constant_log_det_floor = 0.0008
+    classes = 8
     radius = 4 / 1.414
     sigma = 0.5 / 1.414
 
@@ -90,9 +92,14 @@ class EightGaussians(Toy):
     def covariance(self) -> tuple[Pair, Pair]:
         return _isotropic_cov(self.radius**2 / 2 + self.sigma**2)
 
-    def _sample(self, n, g, device):
+    def _sample_labelled(self, n, g, device):
         k = _randint(8, n, g, device)
-        return self._centres(device)[k] + self.sigma * _randn(n, g, device, 2)
+        return self._centres(device)[k] + self.sigma * _randn(n, g, device, 2), k
+
+    def _class_log_prob(self, x, k):
+        d2 = (x - self._centres(x.device)[k]).square().sum(-1)
+        s2 = self.sigma**2
+        return -d2 / (2 * s2) - math.log(2 * math.pi * s2)
 
     def _log_prob(self, x):
         d2 = (x[:, None, :] - self._centres(x.device)).square().sum(-1)
@@ -110,7 +117,8 @@ class Checkerboard(Toy):
     right ones (as the sampler, which draws ``U`` in [0, 1)). Float32 samples are clamped
     into their square so that rounding never moves one onto an excluded edge.
     No noise. Entropy ``log 32 = 3.4657`` nats; constant-Jacobian floor exactly ``1 - log 2``
-    (0.3069 nats), as for any uniform density (see ``Toy``).
+    (0.3069 nats), as for any uniform density (see ``Toy``). Classes: the square, numbered
+    by its column ``i`` then its row ``j`` (:attr:`squares`), each uniform of density 1/4.
 
     References:
         Grathwohl et al. 2019, FFJORD (the "checkerboard" toy).
@@ -119,6 +127,9 @@ class Checkerboard(Toy):
     name = "checkerboard"
     bound = 4.0
     constant_log_det_floor = 1 - math.log(2)
+    classes = 8
+    #: ``(i, j)`` of each class's square ``[2i, 2i+2) x [2j, 2j+2)``.
+    squares = tuple((i, j) for i in range(-2, 2) for j in range(-2, 2) if (i + j) % 2 == 0)
 
     @property
     def mean(self) -> Pair:
@@ -137,10 +148,22 @@ class Checkerboard(Toy):
         upper = (2 * torch.floor(x / 2) + 2).float()
         return torch.minimum(x.float(), torch.nextafter(upper, upper.new_tensor(-math.inf)))
 
+    def _sample_labelled(self, n, g, device):
+        x = self._sample(n, g, device)
+        ij = torch.floor(x.double() / 2).long() + 2  # column and row, 0..3
+        # the black squares of column i, in row order, are every other row from i % 2
+        return x, 2 * ij[:, 0] + ij[:, 1] // 2
+
+    def _class_log_prob(self, x, k):
+        i, j = self.squares[k]
+        ij = torch.floor(x / 2)
+        inside = (ij[:, 0] == i) & (ij[:, 1] == j)
+        return x.new_full((len(x),), -math.inf).masked_fill_(inside, -math.log(4))
+
     def _log_prob(self, x):
         ij = torch.floor(x / 2)
         inside = ((ij >= -2) & (ij <= 1)).all(1) & (ij.sum(1) % 2 == 0)
-        return torch.where(inside, -math.log(32), -math.inf)
+        return x.new_full((len(x),), -math.inf).masked_fill_(inside, -math.log(32))
 
 
 class _RadialMixture(Toy):
@@ -160,6 +183,10 @@ class _RadialMixture(Toy):
     sigma: float = 0.1
 
     @property
+    def classes(self) -> int:  # the ring
+        return len(self.radii)
+
+    @property
     def mean(self) -> Pair:
         return (0.0, 0.0)
 
@@ -169,28 +196,35 @@ class _RadialMixture(Toy):
             sum(r * r for r in self.radii) / (2 * len(self.radii)) + self.sigma**2
         )
 
-    def _sample(self, n, g, device):
-        r = torch.tensor(self.radii, dtype=F64, device=device)[
-            _randint(len(self.radii), n, g, device)
-        ]
+    def _sample_labelled(self, n, g, device):
+        k = _randint(len(self.radii), n, g, device)
+        r = torch.tensor(self.radii, dtype=F64, device=device)[k]
         a = 2 * math.pi * _rand(n, g, device)
-        return r[:, None] * torch.stack([a.cos(), a.sin()], -1) + self.sigma * _randn(
-            n, g, device, 2
-        )
+        noise = self.sigma * _randn(n, g, device, 2)
+        return r[:, None] * torch.stack([a.cos(), a.sin()], -1) + noise, k
+
+    def _ring_terms(self, x, r):
+        """``log p(x | ring r) + log(2 pi sigma^2)`` (a column for each radius of ``r``)."""
+        rho = x.norm(dim=1, keepdim=True)
+        s2 = self.sigma**2
+        return -(rho - r).square() / (2 * s2) + torch.special.i0e(rho * r / s2).log()
 
     def _log_prob(self, x):
-        rho = x.norm(dim=1, keepdim=True)
         r = torch.tensor(self.radii, dtype=F64, device=x.device)
-        s2 = self.sigma**2
-        t = -(rho - r).square() / (2 * s2) + torch.special.i0e(rho * r / s2).log()
-        return torch.logsumexp(t, 1) - math.log(len(self.radii)) - math.log(2 * math.pi * s2)
+        t = self._ring_terms(x, r)
+        return torch.logsumexp(t, 1) - math.log(len(self.radii)) - math.log(2 * math.pi * self.sigma**2)
+
+    def _class_log_prob(self, x, k):
+        r = torch.tensor(self.radii[k : k + 1], dtype=F64, device=x.device)
+        return self._ring_terms(x, r)[:, 0] - math.log(2 * math.pi * self.sigma**2)
 
 
 class Rings(_RadialMixture):
     """Four rings: radii 3, 2.25, 1.5, 0.75, equal weights, uniform angle, noise std 0.08.
 
     ``x = r_k (cos a, sin a) + N(0, 0.08^2 I)``, ``a ~ U[0, 2 pi)`` (density: see
-    ``_RadialMixture``). Entropy 2.6232 nats; constant-Jacobian floor 0.0303 nats.
+    ``_RadialMixture``). Entropy 2.6232 nats; constant-Jacobian floor 0.0303 nats. Classes:
+    the ring, in the order of the radii.
 
     References:
         Grathwohl et al. 2019, FFJORD (the "rings" toy).
@@ -208,7 +242,8 @@ class Circles(_RadialMixture):
 
     sklearn ``make_circles(factor=0.5, noise=0.08) * 3``:
     ``x = r_k (cos a, sin a) + N(0, 0.24^2 I)``, ``a ~ U[0, 2 pi)`` (density: see
-    ``_RadialMixture``). Entropy 3.2681 nats; constant-Jacobian floor 0.0288 nats.
+    ``_RadialMixture``). Entropy 3.2681 nats; constant-Jacobian floor 0.0288 nats. Classes:
+    the circle, the outer first.
 
     References:
         Grathwohl et al. 2019, FFJORD (the "circles" toy).

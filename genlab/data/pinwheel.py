@@ -79,6 +79,10 @@ class Pinwheel(Toy):
     approximation there, error under ~0.3 nats, shrinking like ``exp(-|x|/4)``).
     Entropy 2.3178 nats; constant-Jacobian floor 0.0008 nats.
 
+    Classes: the arm ``k``. A root of level ``phi + 2 pi m / 5`` is a preimage on arm
+    ``k = m mod 5``, so ``p(x | k)`` is the same sum over arm ``k``'s roots alone, times 5
+    (beyond ``|x| = 20``, where ``log p < -440``, the continuum limit times 5 for every arm).
+
     References:
         Grathwohl et al. 2019, FFJORD (the "pinwheel" toy).
     """
@@ -87,6 +91,7 @@ class Pinwheel(Toy):
     bound = 5.0
     constant_log_det_floor = 0.0008
     arms = 5
+    classes = 5
     rate = 0.25
     radial_std = 0.3
     tangential_std = 0.1
@@ -100,15 +105,16 @@ class Pinwheel(Toy):
         # 5-fold symmetry makes it isotropic; E|x|^2 = 4 E|f|^2 = 4 (1 + 0.3^2 + 0.1^2)
         return _isotropic_cov(2 * (1 + self.radial_std**2 + self.tangential_std**2))
 
-    def _sample(self, n, g, device):
+    def _sample_labelled(self, n, g, device):
         f = _randn(n, g, device, 2) * torch.tensor(
             [self.radial_std, self.tangential_std], dtype=F64, device=device
         )
         f[:, 0] += 1
-        k = _randint(self.arms, n, g, device).to(F64)
-        a = 2 * math.pi * k / self.arms + self.rate * f[:, 0].exp()
+        k = _randint(self.arms, n, g, device)
+        a = 2 * math.pi * k.to(F64) / self.arms + self.rate * f[:, 0].exp()
         c, s = a.cos(), a.sin()
-        return 2 * torch.stack([f[:, 0] * c + f[:, 1] * s, -f[:, 0] * s + f[:, 1] * c], -1)
+        x = 2 * torch.stack([f[:, 0] * c + f[:, 1] * s, -f[:, 0] * s + f[:, 1] * c], -1)
+        return x, k
 
     def _block_cols(self) -> int:
         return 8
@@ -123,17 +129,20 @@ class Pinwheel(Toy):
             - math.log(sr * st)
         )
 
-    def _log_prob(self, x):
+    def _log_prob(self, x, arm: int | None = None):
         r = x.norm(dim=1) / 2
         phi = torch.atan2(x[:, 1], x[:, 0])
         out = torch.empty_like(r)
         far = r > 10
         if far.any():
-            out[far] = self._continuum(r[far])
+            out[far] = self._continuum(r[far]) + (0.0 if arm is None else math.log(self.arms))
         near = ~far
         if near.any():
-            out[near] = self._root_sum(r[near], phi[near])
+            out[near] = self._root_sum(r[near], phi[near], arm)
         return out
+
+    def _class_log_prob(self, x, k):
+        return self._log_prob(x, k)
 
     def _continuum(self, r: Tensor) -> Tensor:
         gx, gw = (torch.from_numpy(a).to(r.device) for a in _gauss_legendre(64))
@@ -142,8 +151,9 @@ class Pinwheel(Toy):
         e = self._log_normal(r[:, None], b) + (w * gw).log()
         return torch.logsumexp(e, 1) - math.log(8 * math.pi)
 
-    def _root_sum(self, r: Tensor, phi: Tensor) -> Tensor:
-        """``log p(x)`` at ``x = 2r (cos phi, sin phi)``, summed over the preimages of ``x``.
+    def _root_sum(self, r: Tensor, phi: Tensor, arm: int | None = None) -> Tensor:
+        """``log p(x)`` at ``x = 2r (cos phi, sin phi)``, summed over the preimages of ``x``
+        (``log p(x | arm)``: over those on ``arm``).
 
         The preimages are the roots ``b`` of ``h(b) = b - 0.25 exp(r cos b) = phi + 2 pi m / 5``
         over the integers ``m`` (see the class docstring). In four vectorised steps, all points
@@ -165,7 +175,10 @@ class Pinwheel(Toy):
         whole_turn = ~(fold | (r > _WINDOW_RADIUS))
         point, start, end, level, sign = [], [], [], [], []
         for a, b, s in self._monotone_pieces(r, bl, br):
-            pid, lev = self._levels(r, phi, a, b, s, whole_turn if s > 0 else None)
+            pid, lev, m = self._levels(r, phi, a, b, s, whole_turn if s > 0 else None)
+            if arm is not None:  # the level's m says the arm
+                keep = torch.remainder(m, self.arms) == arm
+                pid, lev = pid[keep], lev[keep]
             point.append(pid)
             start.append(a[pid])
             end.append(b[pid])
@@ -175,7 +188,9 @@ class Pinwheel(Toy):
         rr = r[pid]
         beta = self._solve_levels(rr, a, b, level, sign)
         jac = (4 * self._dh(beta, rr)).abs()
-        terms = self._log_normal(rr, beta) - jac.log() - math.log(self.arms)
+        terms = self._log_normal(rr, beta) - jac.log()
+        if arm is None:
+            terms = terms - math.log(self.arms)
         return _logsumexp_by_index(terms, pid, len(r))
 
     def _h(self, b: Tensor, r: Tensor) -> Tensor:
@@ -248,7 +263,8 @@ class Pinwheel(Toy):
         exactly 5 levels, counted without rounding.
 
         Returns:
-            The index of each level's point in ``r`` and the level itself, one entry per root.
+            The index of each level's point in ``r``, the level itself and its ``m``, one entry
+            per root.
         """
         low, high = self._h(a, r), self._h(b, r)
         if sign < 0:
@@ -263,7 +279,7 @@ class Pinwheel(Toy):
         pid = torch.arange(len(r), device=r.device).repeat_interleave(count)
         first = torch.cumsum(count, 0) - count
         m = m0[pid] + (torch.arange(len(pid), device=r.device) - first[pid])
-        return pid, phi[pid] + delta * m
+        return pid, phi[pid] + delta * m, m
 
     def _solve_levels(self, r: Tensor, a: Tensor, b: Tensor, level: Tensor, sign: Tensor) -> Tensor:
         """The root ``beta`` of ``h(beta) = level`` between ``a`` and ``b``, elementwise.
