@@ -5,7 +5,8 @@ a model with a density ``density.png`` (truth | model | log ratio). A model with
 (``has_density`` false) has a histogram of its samples in ``samples.npz`` instead, named as
 such, never a density. A :class:`genlab.models.base.Transport` also gets ``trajectories.png``
 (one panel per stage of a multi-stage model) and, with a density, ``density_t.png`` (p_t
-along the path). Scores of W2 against sampling steps, per stage of a
+along the path). A conditional model gets ``guidance.png``: each class's samples at each
+guidance scale over the truth's conditional density. Scores of W2 against sampling steps, per stage of a
 multi-stage model or at the end of the run, give ``quality_vs_steps.png``. Every model with a
 path from noise to data gets ``flow.gif``: the points of a :class:`Transport` moving from
 t=0 to t=1 over p_t, those of a :class:`genlab.models.base.Layered` model pushed through its
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genlab import plots, scores
+from genlab import metrics, plots, scores
 from genlab.files import atomic
 from genlab.fit import TRAJECTORY_PATHS
 from genlab.models.base import Layered, Model, Transport
@@ -35,6 +36,7 @@ FLOW_POINTS = 300  # points moving in flow.gif
 FLOW_DATA = 2000  # grey data points behind them
 FLOW_DENSITY_EVERY = 4  # p_t behind them every 4th frame, interpolated (in log) in between
 HISTOGRAM_POINTS = 50_000  # samples in the histogram of a model without a density
+GUIDED_POINTS = 500  # samples of each class at each guidance scale in guidance.png
 #: How far below the uniform density on the figure's square a log-density may be given only
 #: up to a floor (``Model.figure_log_prob``). Any density's peak on the square is at least
 #: about the uniform one (its mass is nearly all there), and the figures show nothing 10 nats
@@ -130,6 +132,8 @@ class RunFigures:
                 bound=bound,
                 histogram=not model.has_density,
             )
+        if getattr(model, "classes", 0) and getattr(self.toy, "classes", 0) == model.classes:
+            self._guidance(title)
         if isinstance(model, Transport):
             self._transport(title, records, dtype)
         if self.animate:
@@ -142,6 +146,28 @@ class RunFigures:
                 f"{self.title}: W2 vs steps",
                 self.run_dir / "quality_vs_steps.png",
             )
+
+    @torch.no_grad()
+    def _guidance(self, title: str) -> None:
+        """``guidance.png``: each class's samples at each guidance scale of the yardstick, over
+        the truth's conditional density."""
+        toy, model, n = self.toy, self.model, max(self.grid // 2, 16)
+        pts = plots.grid_points(toy.bound, n)
+        log_truth = np.stack(
+            [
+                toy.log_prob(pts, torch.full((len(pts),), k)).reshape(n, n).numpy()
+                for k in range(toy.classes)
+            ]
+        )
+        samples = {}
+        for w in metrics.GUIDANCE_SCALES:
+            gen = self._gen()
+            samples[w] = [
+                model.sample(GUIDED_POINTS, gen, y=k, guidance=float(w)).numpy(force=True)
+                for k in range(toy.classes)
+            ]
+        path = self.run_dir / "guidance.png"
+        plots.plot_guidance(log_truth, samples, toy.bound, f"{title}: guidance", path)
 
     def _transport(self, title: str, records: Sequence[dict], dtype: torch.dtype) -> None:
         model, bound = self.model, self.toy.bound

@@ -256,6 +256,10 @@ class Fit:
         device, batch = self.model.device, self.batch_size
         if stage.make_data is None:
             self.stage_data = None
+            if getattr(self.model, "classes", 0):  # a conditional model: points, classes
+                return lambda: tuple(
+                    v.to(device) for v in self.toy.sample_labelled(batch, self.data_gen)
+                )
             return lambda: (self.toy.sample(batch, self.data_gen).to(device),)
         if self.stage_data is None or trainer.step == 0:
             start = time.perf_counter()

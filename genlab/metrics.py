@@ -42,6 +42,8 @@ from genlab.scores import QualityScore, flatten
 
 __all__ = [
     "QUALITY_STEPS",
+    "GUIDANCE_SCALES",
+    "conditional_scores",
     "kl_to_truth",
     "cross_entropy",
     "kl_floor",
@@ -110,6 +112,53 @@ def cross_entropy(model: Model, toy, n: int = 20_000, generator=None) -> dict[st
     if not off.any():
         out["cross_entropy"] = -log_p.mean().item()
         out["cross_entropy_se"] = (log_p.std() / math.sqrt(n)).item()
+    return out
+
+
+#: The classifier-free guidance scales at which a conditional model's samples are scored.
+GUIDANCE_SCALES = (0, 1, 3)
+
+
+@torch.no_grad()
+def conditional_scores(model: Model, toy, n: int = 20_000, generator=None) -> dict[str, float]:
+    """A conditional model against the truth's exact conditional densities, on ``n`` labelled
+    data points and ``n`` samples at each guidance scale.
+
+    Returns:
+        ``class_kl`` and ``class_kl_se``: ``E_y KL(p(.|y) || q(.|y))``, the mean of
+        ``log p(x|y) - log q(x|y)`` over labelled test points, with its standard error;
+        ``class_kl_<k>``: each class's own KL; ``class_test_entropy``: the mean
+        ``-log p(x|y)``, a Monte Carlo estimate of ``H(X|Y)``; and for each ``w`` of
+        :data:`GUIDANCE_SCALES`, the truth's conditional cross-entropy of samples guided at
+        ``w`` (classes drawn as the data's), ``guided_ce_w<w>`` = ``mean -log p(x|y)``, or,
+        where some land off their class's support, only ``guided_off_w<w>``, their share.
+        Guided samples have no density that the truth defines a KL to; their cross-entropy
+        falls below ``H(X|Y)`` as guidance concentrates them where ``p(x|y)`` is high.
+    """
+    device = model.device
+    x, y = toy.sample_labelled(n, generator)
+    x, y = x.to(device), y.to(device)
+    log_q = torch.cat(
+        [model.log_prob(a, y=b).double().cpu() for a, b in zip(x.split(10_000), y.split(10_000))]
+    )
+    log_p = toy.log_prob(x.double(), y).cpu()
+    diff, y = log_p - log_q, y.cpu()
+    out = {
+        "class_kl": diff.mean().item(),
+        "class_kl_se": (diff.std() / math.sqrt(n)).item(),
+        "class_test_entropy": -log_p.mean().item(),
+    }
+    for k in range(toy.classes):
+        out[f"class_kl_{k}"] = diff[y == k].mean().item()
+    _, labels = toy.sample_labelled(n, generator)
+    for w in GUIDANCE_SCALES:
+        xs = model.sample(n, generator, y=labels.to(device), guidance=float(w))
+        log_p = toy.log_prob(xs.double(), labels.to(xs.device)).cpu()
+        off = ~torch.isfinite(log_p)
+        if off.any():
+            out[f"guided_off_w{w}"] = off.double().mean().item()
+        else:
+            out[f"guided_ce_w{w}"] = -log_p.mean().item()
     return out
 
 
@@ -266,8 +315,9 @@ def evaluate(
     sample_seconds``, for ODE models ``nfe``, for constant-Jacobian models ``nice_floor``, for
     a model with ``quality_steps`` the ``w2_<sampler><k>``, ``nfe_<sampler><k>`` and
     ``sec_<sampler><k>`` of :func:`quality_vs_steps` at those steps, and the truth's
-    cross-entropy of ``n_test`` samples (:func:`cross_entropy`). Those two are drawn last, in
-    that order, so the other figures do not depend on them. A model without a density
+    cross-entropy of ``n_test`` samples (:func:`cross_entropy`), and for a conditional model
+    the scores of :func:`conditional_scores`. Those are drawn last, in that order, so the
+    other figures do not depend on them. A model without a density
     (``has_density`` false) has no ``nll``, ``kl`` or ``kl_se``.
     """
     model.eval()
@@ -288,4 +338,6 @@ def evaluate(
         out.update(flatten(quality_vs_steps(model, toy, gen, n_w2, model.quality_steps)))
         out["n_w2"] = n_w2  # the samples of each timed draw of the scores
     out.update(cross_entropy(model, toy, n_test, gen))
+    if getattr(model, "classes", 0):  # a conditional model (a plug-in may not say)
+        out.update(conditional_scores(model, toy, n_test, gen))
     return out

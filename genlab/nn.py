@@ -164,6 +164,11 @@ class TimeMLP(nn.Module):
         fourier_scale: standard deviation of their frequencies (cycles per unit of ``x``).
         times: number of time inputs (MeanFlow's average velocity takes two, ``(t, r - t)``);
             with more than one, ``t`` is (B, times) or (times,) and each column is embedded.
+        classes: number of classes of a conditional field (0: none). A learned embedding of
+            ``classes + 1`` rows, the last one the null class of classifier-free guidance,
+            enters beside the time; ``forward(t, x, y)`` takes the classes (B,), ``None``
+            the null class.
+        class_dim: width of the class embedding.
 
     References:
         Tancik et al. (2020), "Fourier Features Let Networks Learn High Frequency Functions in
@@ -184,10 +189,15 @@ class TimeMLP(nn.Module):
         fourier: int = 0,
         fourier_scale: float = 1.0,
         times: int = 1,
+        classes: int = 0,
+        class_dim: int = 16,
     ) -> None:
         super().__init__()
         check_int("dim", dim, 1)
         check_int("times", times, 1)
+        check_int("classes", classes, 0)
+        check_int("class_dim", class_dim, 1)
+        self.classes = classes
         self.times = times
         check_fourier(fourier, fourier_scale)
         check_choice("time embedding", time_embedding, self.EMBEDDINGS)
@@ -198,6 +208,10 @@ class TimeMLP(nn.Module):
         embed_dim = times * (1 if time_embedding == "concat" else 1 + 2 * frequencies)
         # A buffer: saved with the weights, so a loaded model has the same features.
         self.register_buffer("fourier_b", torch.randn(fourier, dim) * fourier_scale)
+        if classes:
+            # made after the frequencies, so an unconditional field draws the same ones
+            self.class_embedding = nn.Embedding(classes + 1, class_dim)
+            embed_dim += class_dim
         self.net = MLP(dim + 2 * fourier + embed_dim, dim, hidden, depth, activation, zero_last)
 
     def _features(self, x: Tensor) -> Tensor:
@@ -217,8 +231,20 @@ class TimeMLP(nn.Module):
         d_features = torch.cat([cos * b, -sin * b], dim=2)  # (dim, B, 2F)
         return w_raw + d_features @ w_x[:, self.dim :].T
 
-    def _embed(self, t: Tensor | float, x: Tensor) -> Tensor:
-        """Time features of shape (B, embed_dim) in ``x``'s dtype and device."""
+    def _embed(self, t: Tensor | float, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Time (and class) features of shape (B, embed_dim) in ``x``'s dtype and device."""
+        time = self._embed_time(t, x)
+        if not self.classes:
+            if y is not None:
+                raise ValueError("this field has no class input (classes=0), but got classes")
+            return time
+        if y is None:
+            y = torch.full((len(x),), self.classes, dtype=torch.long, device=x.device)
+        elif y.shape != (len(x),):
+            raise ValueError(f"y must have shape ({len(x)},), got {tuple(y.shape)}")
+        return torch.cat([time, self.class_embedding(y).to(x.dtype)], dim=1)
+
+    def _embed_time(self, t: Tensor | float, x: Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape (B, {self.dim}), got {tuple(x.shape)}")
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
@@ -240,19 +266,22 @@ class TimeMLP(nn.Module):
         angle = 2 * math.pi * t[:, :, None] * freq  # (B, times, frequencies)
         return torch.cat([t, torch.sin(angle).flatten(1), torch.cos(angle).flatten(1)], dim=1)
 
-    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+    def forward(self, t: Tensor | float, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Evaluate the velocity.
 
         Arguments:
             t: time, a float, a 0-dim tensor or a (B,) tensor.
             x: points of shape (B, dim).
+            y: classes (B,) of a conditional field; ``None``: the null class.
 
         Returns:
             The velocity, shape (B, dim).
         """
-        return self.net(torch.cat([self._features(x), self._embed(t, x)], dim=1))
+        return self.net(torch.cat([self._features(x), self._embed(t, x, y)], dim=1))
 
-    def forward_with_jacobian(self, t: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_with_jacobian(
+        self, t: Tensor | float, x: Tensor, y: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Evaluate the velocity and its Jacobian w.r.t. ``x`` by forward-mode propagation.
 
         Each layer ``z = W h + b`` maps the tangents ``T_h`` (one (B, width) slab per input
@@ -271,7 +300,7 @@ class TimeMLP(nn.Module):
         """
         layers = self.net.layers
         features = self._features(x)
-        z = layers[0](torch.cat([features, self._embed(t, x)], dim=1))
+        z = layers[0](torch.cat([features, self._embed(t, x, y)], dim=1))
         # Tangents are held as (dim, B, width), one (B, width) slab per input coordinate, so
         # that each layer maps all of them with one matrix product (not B tiny ones).
         tangents = self._feature_tangents(features, layers[0].weight[:, : features.shape[1]])

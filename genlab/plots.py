@@ -36,6 +36,7 @@ __all__ = [
     "plot_density",
     "plot_trajectories",
     "plot_density_snapshots",
+    "plot_guidance",
     "plot_quality_vs_steps",
     "FRAMES",
     "Panel",
@@ -245,6 +246,39 @@ def plot_density_snapshots(log_densities: Mapping[float, np.ndarray], bound: flo
     for ax, (t, logd) in zip(axes, log_densities.items(), strict=True):
         ax.imshow(np.exp(logd), origin="lower", extent=extent, cmap="viridis")
         _square(ax, bound, f"t = {t:g}")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_guidance(
+    log_truth: np.ndarray, samples: Mapping[float, Sequence[np.ndarray]], bound: float, title, path
+) -> None:
+    """What classifier-free guidance does: a row per guidance scale ``w`` (keys of
+    ``samples``), a column per class, each panel the class's samples at that ``w`` over the
+    truth's conditional density ``p(x | y)`` (``log_truth``, (classes, n, n), in grey)."""
+    rows, cols = len(samples), len(log_truth)
+    panel = 1.9
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(cols * (panel + 0.25) + 0.4, rows * (panel + 0.35) + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    extent = (-bound, bound, -bound, bound)
+    for i, (w, per_class) in enumerate(samples.items()):
+        for k, (ax, xs) in enumerate(zip(axes[i], per_class, strict=True)):
+            ax.imshow(np.exp(log_truth[k]), origin="lower", extent=extent, cmap="Greys")
+            ax.scatter(*xs.T, s=1.5, alpha=0.5, color="tab:orange", linewidths=0, rasterized=True)
+            ax.set_xlim(-bound, bound)
+            ax.set_ylim(-bound, bound)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"class {k}", fontsize=9)
+            if k == 0:
+                ax.set_ylabel(f"w = {w:g}", fontsize=9)
     fig.suptitle(title)
     _save(fig, path)
 

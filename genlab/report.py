@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from PIL import Image, ImageSequence
 
-from genlab import plots, scores
+from genlab import metrics, plots, scores
 from genlab.files import (
     ENCODING,
     atomic,
@@ -147,6 +147,8 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
         m["job"] = _job_num(path.parent)
         if m.get("source", "gaussian") != "gaussian":  # a transport from a toy is its own row
             m["model"] = f"{m['model']} from {m['source']}"
+        if m.get("classes"):  # so is a conditional model (its KL is its null class's)
+            m["model"] = f"{m['model']} (conditional)"
         m["setting"] = _setting(path.parent, m)
         runs.append(m)
     failed = {p.parent for p in root.rglob(ERROR_FILE)}
@@ -421,7 +423,46 @@ def leaderboard_markdown(runs: list[dict]) -> str:
             _fmt(m.get("params")),
         )
         rows.append(row)
-    return _table(head, rows) + speed_markdown(runs, medians, slow)
+    return _table(head, rows) + speed_markdown(runs, medians, slow) + conditional_markdown(runs)
+
+
+def conditional_markdown(runs: list[dict]) -> str:
+    """The conditional runs' own table: the mean conditional KL at w=0 with its SE, the range
+    of the per-class KLs, and the truth's conditional cross-entropy of guided samples beside
+    ``H(X|Y)``; empty without such runs."""
+    here = [m for m in runs if _is_number(m.get("class_kl"))]
+    if not here:
+        return ""
+    ws = metrics.GUIDANCE_SCALES
+    head = ("data", "model", "class KL (nats)", "per class [min, max]", "H(X|Y)") + tuple(
+        f"CE at w={w}" for w in ws
+    )
+    rows = []
+    for m in here:
+        per = [m.get(f"class_kl_{k}") for k in range(int(m.get("classes") or 0))]
+        per = [v for v in per if _is_number(v)]
+        spread = f"[{_fmt(min(per))}, {_fmt(max(per))}]" if per else ""
+        ce = []
+        for w in ws:
+            off = m.get(f"guided_off_w{w}")
+            ce.append(f"∞ ({100 * off:.2g}% off)" if _is_number(off) else _fmt(m.get(f"guided_ce_w{w}")))
+        rows.append(
+            (
+                m["data"],
+                m["model"],
+                f"{_fmt(m['class_kl'])} ± {_fmt(m.get('class_kl_se'))}",
+                spread,
+                _fmt(m.get("class_test_entropy")),
+                *ce,
+            )
+        )
+    note = (
+        "\nConditional runs: `KL(p(.|y) || q(.|y))` at guidance w=0, averaged over the classes, "
+        "and the truth's conditional cross-entropy `E[-log p(x|y)]` of samples guided at each "
+        "w, beside the conditional entropy H(X|Y). Guided samples have no density to take a KL "
+        "of (docs/bridges.md).\n"
+    )
+    return "\n" + _table(head, rows) + note
 
 
 def seeds_markdown(runs: list[dict]) -> str:

@@ -153,6 +153,35 @@ def _check_source(cfg: DictConfig) -> None:
     )
 
 
+def _set_classes(cfg: DictConfig, toy) -> None:
+    """``conditional=true``: give the model the toy's classes (``model.classes``), refusing a
+    toy without classes and a model without a class input; a ``model.classes`` set by hand
+    must be the toy's."""
+    classes = cfg.model.get("classes", 0)
+    if cfg.get("conditional"):
+        if not toy.classes:
+            raise ConfigError(
+                f"conditional=true: {toy.name} has no classes; toys with classes: "
+                f"{', '.join(_labelled_toys())}"
+            )
+        if "classes" not in cfg.model:
+            from genlab.configs import key_owners  # composes every model config: on error only
+
+            raise ConfigError(
+                f"conditional=true: {cfg.model._target_.rsplit('.', 1)[-1]} takes no classes; "
+                f"conditional models: {', '.join(key_owners('classes'))}"
+            )
+        cfg.model.classes = toy.classes
+    elif classes and classes != toy.classes:
+        raise ConfigError(f"model.classes={classes}, but {toy.name} has {toy.classes} classes")
+
+
+def _labelled_toys() -> list[str]:
+    from genlab.configs import data_options, get_toy
+
+    return [name for name in data_options() if get_toy(name).classes]
+
+
 def _config_error(e: InstantiationException) -> ConfigError:
     """Hydra's instantiation error as one line naming the config key (a :class:`ConfigError`
     raised by the object itself already names it)."""
@@ -195,6 +224,7 @@ def build(
         device = resolve_device(cfg.device)
         toy = instantiate(cfg.data)
         _check_source(cfg)
+        _set_classes(cfg, toy)
         model: Model = instantiate(cfg.model).to(device)
         config = OmegaConf.to_container(cfg, resolve=True)
         check_memory(cfg, model, toy)
@@ -230,6 +260,8 @@ def _fit_and_evaluate(cfg, toy, model: Model, fit: Fit, figures: RunFigures, run
 
     out = {"model": model.name, "data": toy.name, "source": source_name(cfg)}
     out.update(seed=cfg.seed, device=str(device))
+    if getattr(model, "classes", 0):
+        out["classes"] = model.classes  # a conditional model, scored class by class too
     out["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)  # trained
     out.update(fit.summary())
     log.info("evaluating %s on %s", model.name, toy.name)

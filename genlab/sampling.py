@@ -69,6 +69,9 @@ class Sampler:
         rho: the ``karras`` spacing's exponent (> 0; 7 in Karras et al.).
         churn: Heun's ``S_churn`` (>= 0): noise added before each step, raising the noise
             level by the factor ``1 + min(churn / steps, sqrt(2) - 1)``; 0 is the ODE.
+        guidance: the classifier-free guidance scale ``w`` (>= 0) of a conditional model's
+            samples given classes: 0 is the conditional model itself, unguided (see
+            :class:`genlab.models.flow.Guided`).
     """
 
     method: str = "dopri5"
@@ -80,6 +83,7 @@ class Sampler:
     spacing: str = "uniform"
     rho: float = 7.0
     churn: float = 0.0
+    guidance: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str):
@@ -91,6 +95,7 @@ class Sampler:
         check_choice("spacing", self.spacing, SPACINGS)
         check_positive("rho", self.rho)
         check_positive("churn", self.churn, zero=True)
+        check_positive("guidance", self.guidance, zero=True)
 
     @property
     def is_ode(self) -> bool:

@@ -37,7 +37,7 @@ class Truth(Model):
         self.anchor = torch.nn.Parameter(torch.zeros(()))
 
     def log_prob(self, x):
-        return self.toy.log_prob(x)
+        return self.toy.log_prob(x.double())  # exact, not rounded to the samples' float32
 
     def sample(self, n, generator=None):
         return self.toy.sample(n, generator)

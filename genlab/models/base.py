@@ -112,8 +112,16 @@ def _chunked_sample(fn: Callable) -> Callable:
             "draw fewer points, or several draws one after another",
             None if params is None else params.device,
         )
-        sizes = ((start, min(chunk, n - start)) for start in range(0, n, chunk))
-        return _in_chunks(lambda k: fn(self, k, *args, **kwargs), n, sizes)
+        y = kwargs.get("y")
+        if not isinstance(y, Tensor) or y.ndim == 0:
+            sizes = ((start, min(chunk, n - start)) for start in range(0, n, chunk))
+            return _in_chunks(lambda k: fn(self, k, *args, **kwargs), n, sizes)
+        # classes, one per point: each chunk takes its own
+        if len(y) != n:
+            raise ValueError(f"{len(y)} classes for {n} points")
+        rest = {k: v for k, v in kwargs.items() if k != "y"}
+        pieces = ((start, y[start : start + chunk]) for start in range(0, n, chunk))
+        return _in_chunks(lambda part: fn(self, len(part), *args, y=part, **rest), n, pieces)
 
     sample._chunked = True
     return sample
@@ -127,8 +135,17 @@ def _chunked_log_prob(fn: Callable) -> Callable:
         chunk = self.chunk
         if not isinstance(x, Tensor) or x.ndim != 2 or len(x) <= chunk:
             return fn(self, x, *args, **kwargs)
-        parts = ((i * chunk, part) for i, part in enumerate(x.split(chunk)))
-        return _in_chunks(lambda part: fn(self, part, *args, **kwargs), len(x), parts)
+        y = kwargs.get("y")
+        if not isinstance(y, Tensor) or y.ndim == 0:
+            parts = ((i * chunk, part) for i, part in enumerate(x.split(chunk)))
+            return _in_chunks(lambda part: fn(self, part, *args, **kwargs), len(x), parts)
+        # classes, one per point: each chunk of points takes its own
+        if len(y) != len(x):
+            raise ValueError(f"{len(y)} classes for {len(x)} points")
+        rest = {k: v for k, v in kwargs.items() if k != "y"}
+        pairs = zip(x.split(chunk), y.split(chunk), strict=True)
+        parts = ((i * chunk, xy) for i, xy in enumerate(pairs))
+        return _in_chunks(lambda xy: fn(self, xy[0], *args, y=xy[1], **rest), len(x), parts)
 
     log_prob._chunked = True
     return log_prob
@@ -164,6 +181,9 @@ class Model(nn.Module):
 
     name: str = "model"
     dim: int = 2
+    #: The number of classes of a conditional model (0: unconditional). Such a model trains
+    #: on labelled batches, ``loss(x, y)``, and its ``sample`` and ``log_prob`` take ``y``.
+    classes: int = 0
     constant_log_det: bool = False
     has_density: bool = True
     chunk: int = CHUNK

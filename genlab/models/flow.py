@@ -17,7 +17,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from genlab.checks import check_choice, check_fraction
+from genlab.checks import check_choice, check_fraction, check_int
 from genlab.models.base import (
     Model,
     Prior,
@@ -30,7 +30,7 @@ from genlab.models.base import (
 from genlab.ode import SOLVERS, NFECounter, Solver, transport, transport_logdet
 from genlab.sampling import Sampler, as_sampler
 
-__all__ = ["EMA", "ContinuousFlow", "SCREEN_TOLERANCE"]
+__all__ = ["EMA", "ContinuousFlow", "Guided", "SCREEN_TOLERANCE"]
 
 #: The tolerance of the screening solve of :meth:`ContinuousFlow.figure_log_prob`.
 SCREEN_TOLERANCE = 1e-2
@@ -94,6 +94,52 @@ class EMA(nn.Module):
         self.n_averaged += 1
 
 
+class Guided(nn.Module):
+    """A conditional field given classes, with classifier-free guidance of scale ``w``.
+
+    ``v_w(t, x) = v(t, x, null) + (1 + w) (v(t, x, y) - v(t, x, null))``: ``w = 0`` is the
+    conditional field itself (one evaluation), ``w > 0`` pushes it away from the unconditional
+    one (two evaluations, in one batch). Linear in the two fields, so its Jacobian is the same
+    combination of theirs, and the exact divergence holds.
+
+    Arguments:
+        field: a field called as ``field(t, x, y)`` (``y=None``: the null class), with
+            ``forward_with_jacobian(t, x, y)`` for the exact divergence.
+        y: the classes, one per row of the points it will be called on (B,).
+        w: the guidance scale (>= 0).
+
+    References:
+        Ho & Salimans (2022), "Classifier-Free Diffusion Guidance".
+    """
+
+    def __init__(self, field: nn.Module, y: Tensor, w: float = 0.0) -> None:
+        super().__init__()
+        self.field, self.y, self.w = field, y, float(w)
+
+    def _doubled(self, t, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The inputs of one batch of 2B rows: the points with their classes, then with the
+        null class."""
+        n = len(x)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        t = (t.expand(n) if t.ndim == 0 else t).repeat(2)
+        null = torch.full_like(self.y, self.field.classes)
+        return t, x.repeat(2, 1), torch.cat([self.y, null])
+
+    def forward(self, t, x: Tensor) -> Tensor:
+        if self.w == 0:
+            return self.field(t, x, self.y)
+        v = self.field(*self._doubled(t, x))
+        cond, uncond = v[: len(x)], v[len(x) :]
+        return uncond + (1 + self.w) * (cond - uncond)
+
+    def forward_with_jacobian(self, t, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.w == 0:
+            return self.field.forward_with_jacobian(t, x, self.y)
+        v, jac = self.field.forward_with_jacobian(*self._doubled(t, x))
+        n, w = len(x), self.w
+        return v[n:] + (1 + w) * (v[:n] - v[n:]), jac[n:] + (1 + w) * (jac[:n] - jac[n:])
+
+
 class ContinuousFlow(Model, Transport):
     """A model defined by a velocity field and its source distribution at t=0.
 
@@ -116,6 +162,11 @@ class ContinuousFlow(Model, Transport):
         source: the distribution at t=0: ``None`` (N(0, I)), a :class:`Prior`, or any
             object with ``name``, ``sample(n, generator)`` and an exact ``log_prob(x)`` (a
             toy; see :class:`genlab.models.base.SourcePrior`).
+        classes: number of classes of a conditional flow (0: unconditional); the velocity
+            must take them (``velocity(t, x, y)``, ``y=None`` the null class, as a
+            :class:`genlab.nn.TimeMLP` with the same ``classes``). ``sample``, ``push`` and
+            ``log_prob`` then take the classes ``y``; without them they are the null class's,
+            the unconditional flow that label dropout trains.
     """
 
     few_step_samplers = {"euler": {"method": "euler"}}
@@ -130,9 +181,17 @@ class ContinuousFlow(Model, Transport):
         dim: int = 2,
         ema: float = 0.0,
         source=None,
+        classes: int = 0,
     ) -> None:
         super().__init__()
         check_fraction("ema", ema)
+        check_int("classes", classes, 0)
+        if getattr(velocity, "classes", 0) != classes:
+            raise ValueError(
+                f"the flow has classes={classes}, its velocity "
+                f"classes={getattr(velocity, 'classes', 0)}: they must agree"
+            )
+        self.classes = classes
         self.dim = dim
         self.velocity = velocity
         self.prior: Prior = as_source(source, dim)
@@ -164,6 +223,24 @@ class ContinuousFlow(Model, Transport):
         check_choice(f"{self.name} sampler", sampler.method, self.methods)
         return sampler
 
+    def _given(self, y, n: int, guidance: float = 0.0) -> nn.Module:
+        """The field the solves use: :attr:`field`, or given classes ``y`` (an int for all
+        ``n`` points, or (n,)) the :class:`Guided` conditional field."""
+        if y is None:
+            return self.field
+        if not self.classes:
+            raise ValueError(f"{self.name} is not conditional (classes=0): it takes no classes")
+        p = next(self.velocity.parameters())
+        y = torch.as_tensor(y, device=p.device)
+        if y.is_floating_point() or y.ndim > 1:
+            raise ValueError(f"classes must be an int or integer tensor (n,), got {y.dtype}")
+        y = y.long().expand(n) if y.ndim == 0 else y.long()
+        if y.shape != (n,):
+            raise ValueError(f"{len(y)} classes for {n} points")
+        if len(y) and (y.min() < 0 or y.max() >= self.classes):
+            raise ValueError(f"classes of {self.name} are 0..{self.classes - 1}, got {y.tolist()[:8]}")
+        return Guided(self.field, y, guidance)
+
     @property
     def nfe(self) -> int:
         """Velocity evaluations so far, over every solve (training, sampling, likelihood)."""
@@ -180,17 +257,22 @@ class ContinuousFlow(Model, Transport):
         *,
         method: str | None = None,
         steps: int | None = None,
+        y: Tensor | int | None = None,
         **options,
     ) -> Tensor:
         """Carry ``n`` noise points from t=0 to t=1. Returns (n, dim).
 
         Keywords override the configured sampler, e.g. ``sample(n, method="euler", steps=1)``;
-        ``options`` are its other fields (``atol``, ``rtol``, ``eta``, ``noise``).
+        ``options`` are its other fields (``atol``, ``rtol``, ``eta``, ``noise``, ``guidance``).
+        ``y``: the classes of a conditional flow (an int, or (n,)), sampled with the sampler's
+        classifier-free ``guidance``; ``None`` samples the null class, unguided.
         """
         sampler = self._check_method(self.sampler.replace(method=method, steps=steps, **options))
         z = self._noise(n, generator)
+        if y is not None and not sampler.is_ode:
+            raise ValueError(f"{sampler.method} does not take classes: use an ODE solver")
         if sampler.is_ode:
-            return self.push(z, solver=sampler.ode_solver)
+            return self.push(z, solver=sampler.ode_solver, y=y, guidance=sampler.guidance)
         return self.sample_with(z, sampler, generator)
 
     def sample_with(self, z: Tensor, sampler: Sampler, generator: torch.Generator | None) -> Tensor:
@@ -198,12 +280,22 @@ class ContinuousFlow(Model, Transport):
         of ``methods`` that are not ODE solvers. Returns (B, dim)."""
         raise NotImplementedError(f"{self.name} has no sampler {sampler.method!r}")
 
-    def push(self, z: Tensor, t0: float = 0.0, t1: float = 1.0, solver: Solver | None = None):
+    def push(
+        self,
+        z: Tensor,
+        t0: float = 0.0,
+        t1: float = 1.0,
+        solver: Solver | None = None,
+        y: Tensor | int | None = None,
+        guidance: float = 0.0,
+    ):
         """Transport points ``z`` (B, dim) along the ODE from time ``t0`` to ``t1`` with
-        ``solver`` (default: the sampler's); returns (B, dim)."""
+        ``solver`` (default: the sampler's), given classes ``y`` with ``guidance`` for a
+        conditional flow; returns (B, dim)."""
         check_points(z, self.dim)
         solver = solver or self.sampler.ode_solver
-        return transport(self.field, z, t0, t1, solver, counter=self.counter).x
+        field = self._given(y, len(z), guidance)
+        return transport(field, z, t0, t1, solver, counter=self.counter).x
 
     def trajectories(
         self, n: int, generator: torch.Generator | None = None, points: int = 65
@@ -221,12 +313,19 @@ class ContinuousFlow(Model, Transport):
         with torch.no_grad():
             return transport(self.field, z, 0.0, 1.0, solver, times=times, counter=self.counter).x
 
-    def log_prob(self, x: Tensor, t: float = 1.0, solver: Solver | None = None) -> Tensor:
+    def log_prob(
+        self,
+        x: Tensor,
+        t: float = 1.0,
+        solver: Solver | None = None,
+        y: Tensor | int | None = None,
+    ) -> Tensor:
         """Exact log-density of ``x`` (B, dim) under the flow's marginal at time ``t``.
 
         ``t=1`` (default) is the model's density of data; ``t=0`` the prior's. Integrates from
         ``t`` back to 0 with ``d log-det/dt = div v`` and ``solver`` (default: the likelihood
-        solver). Returns (B,).
+        solver). ``y``: the classes of a conditional flow, for ``log q(x | y)`` of its unguided
+        conditional field; ``None``: the null class's density. Returns (B,).
         """
         check_points(x, self.dim)
         if not 0.0 <= t <= 1.0:
@@ -234,9 +333,8 @@ class ContinuousFlow(Model, Transport):
         if t == 0.0:
             return self.prior.log_prob(x)
         solver = solver or self.likelihood
-        sol = transport_logdet(
-            self.field, x, t, 0.0, solver, divergence="exact", counter=self.counter
-        )
+        field = self._given(y, len(x))
+        sol = transport_logdet(field, x, t, 0.0, solver, divergence="exact", counter=self.counter)
         return self.prior.log_prob(sol.x) + sol.delta_logp
 
     def figure_log_prob(self, x: Tensor, t: float = 1.0, floor: float | None = None) -> Tensor:

@@ -24,16 +24,16 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from genlab.checks import check_choice, check_int
+from genlab.checks import check_choice, check_fraction, check_int
 from genlab.models.base import Stage, check_count, check_points
 from genlab.models.flow import ContinuousFlow
 from genlab.ode import SOLVERS, Solver, transport
 from genlab.sampling import Sampler, marginal_sde
 
-__all__ = ["RectifiedFlow", "TIME_DISTRIBUTIONS"]
+__all__ = ["RectifiedFlow", "TIME_DISTRIBUTIONS", "ot_pairing", "class_ot_pairing"]
 
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
-COUPLINGS = ("independent", "ot")
+COUPLINGS = ("independent", "ot", "plain_ot")
 
 
 @torch.no_grad()
@@ -44,6 +44,19 @@ def ot_pairing(x0: Tensor, x1: Tensor) -> Tensor:
     cost = torch.cdist(x1.double(), x0.double()).square().cpu().numpy()
     _, cols = linear_sum_assignment(cost)
     return x0[torch.as_tensor(cols, device=x0.device)]
+
+
+@torch.no_grad()
+def class_ot_pairing(x0: Tensor, x1: Tensor, y: Tensor) -> Tensor:
+    """Minibatch optimal transport within each class: the data of class k are paired by
+    :func:`ot_pairing` with the noise rows at their own indices, a random subset of the i.i.d.
+    noise. Every class then sees noise from all of the source, as the conditional flow samples
+    it; OT over the whole batch would give each class only the noise nearest its own data."""
+    out = x0.clone()
+    for k in torch.unique(y):
+        rows = (y == k).nonzero().squeeze(1)
+        out[rows] = ot_pairing(x0[rows], x1[rows])
+    return out
 
 
 class RectifiedFlow(ContinuousFlow):
@@ -64,11 +77,19 @@ class RectifiedFlow(ContinuousFlow):
         reflow_solver: the precise solver that integrates the pairs' noise to data.
         coupling: how noise is paired with a data batch: ``independent`` (plain rectified
             flow) or ``ot`` (minibatch optimal transport, OT-CFM: straighter paths, so fewer
-            sampling steps, at the cost of an assignment per batch).
+            sampling steps, at the cost of an assignment per batch; for a conditional flow
+            within each class, :func:`class_ot_pairing`); ``plain_ot`` is OT over the whole
+            batch even when there are classes (kept to measure against: each class then
+            trains on the noise nearest its own data only).
         source: the distribution at t=0 (see :class:`ContinuousFlow`): N(0, I) by default,
             or a toy, which the flow then carries to the data; ``log_prob`` ends in the
             toy's exact log-density. The ``sde`` sampler needs the Gaussian source (its score
             is that of the Gaussian path).
+        classes: the number of classes of a conditional flow (0: unconditional); the run
+            sets it from the data (``conditional=true``). See :class:`ContinuousFlow`.
+        label_dropout: the share of training rows whose class is replaced by the null class,
+            which trains the unconditional field beside the conditional one (classifier-free
+            guidance).
     """
 
     name = "rectified_flow"
@@ -88,8 +109,17 @@ class RectifiedFlow(ContinuousFlow):
         coupling: str = "independent",
         dim: int = 2,
         source=None,
+        classes: int = 0,
+        label_dropout: float = 0.1,
     ) -> None:
-        super().__init__(velocity, sampler, likelihood, dim, ema, source)
+        super().__init__(velocity, sampler, likelihood, dim, ema, source, classes)
+        check_fraction("label_dropout", label_dropout)
+        if classes and reflow:
+            raise ValueError(
+                f"reflow of a conditional flow is not supported (reflow={reflow}, "
+                f"classes={classes}): its pairs would need classes drawn as the data's"
+            )
+        self.label_dropout = label_dropout
         check_choice("time distribution", time_distribution, TIME_DISTRIBUTIONS)
         check_int("reflow", reflow, 0)
         check_int("reflow_pairs", reflow_pairs, 1)
@@ -155,30 +185,45 @@ class RectifiedFlow(ContinuousFlow):
             return torch.rand(n, device=like.device, dtype=like.dtype)
         return torch.sigmoid(torch.randn(n, device=like.device, dtype=like.dtype))
 
-    def pair_loss(self, x0: Tensor, x1: Tensor, t: Tensor | None = None) -> Tensor:
+    def pair_loss(
+        self, x0: Tensor, x1: Tensor, t: Tensor | None = None, y: Tensor | None = None
+    ) -> Tensor:
         """Mean of ``|v(t, x_t) - (x1 - x0)|^2`` with ``x_t = (1 - t) x0 + t x1``.
 
         Arguments:
             x0: noise (B, dim); x1: data (B, dim), paired row by row.
             t: times (B,); drawn from the time distribution when ``None``.
+            y: the classes (B,) the field is given (the null class where dropped), for a
+                conditional flow.
         """
         check_points(x0, self.dim)
         check_points(x1, self.dim)
         if t is None:
             t = self.sample_time(len(x0), x0)
         xt = (1 - t[:, None]) * x0 + t[:, None] * x1
-        return (self.velocity(t, xt) - (x1 - x0)).square().sum(-1).mean()
+        v = self.velocity(t, xt) if y is None else self.velocity(t, xt, y)
+        return (v - (x1 - x0)).square().sum(-1).mean()
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Velocity matching with fresh noise paired with the data batch, independently or by
-        minibatch optimal transport (``coupling``)."""
+        minibatch optimal transport (``coupling``); a conditional flow takes the batch's
+        classes ``y`` and drops a ``label_dropout`` share of them to the null class."""
+        if self.classes and y is None:
+            raise ValueError(f"a conditional {self.name} trains on labelled data: loss(x, y)")
+        if y is not None and not self.classes:
+            raise ValueError(f"{self.name} is not conditional (classes=0): it takes no classes")
         if self.gaussian_source:
             noise = torch.randn_like(x)
         else:
             noise = self.prior.sample(len(x), None, device=x.device, dtype=x.dtype)
-        if self.coupling == "ot":
+        if self.coupling == "ot" and y is not None:
+            noise = class_ot_pairing(noise, x, y)
+        elif self.coupling != "independent":
             noise = ot_pairing(noise, x)
-        return self.pair_loss(noise, x)
+        if y is not None:
+            drop = torch.rand(len(y), device=y.device) < self.label_dropout
+            y = torch.where(drop, self.classes, y)
+        return self.pair_loss(noise, x, y=y)
 
     @torch.no_grad()
     def make_pairs(
