@@ -6,12 +6,12 @@ a model with a density ``density.png`` (truth | model | log ratio). A model with
 such, never a density. A :class:`genlab.models.base.Transport` also gets ``trajectories.png``
 (one panel per stage of a multi-stage model) and, with a density, ``density_t.png`` (p_t
 along the path). A conditional model gets ``guidance.png``: each class's samples at each
-guidance scale over the truth's conditional density. Scores of W2 against sampling steps, per stage of a
-multi-stage model or at the end of the run, give ``quality_vs_steps.png``. Every model with a
-path from noise to data gets ``flow.gif``: the points of a :class:`Transport` moving from
-t=0 to t=1 over p_t, those of a :class:`genlab.models.base.Layered` model pushed through its
-layers one at a time, and the rounds of a multi-stage model side by side. The drawing itself
-is in :mod:`genlab.plots`.
+guidance scale over the truth's conditional density. Scores of W2 against sampling steps,
+per stage of a multi-stage model or at the end of the run, give ``quality_vs_steps.png``.
+Every model with a path from noise to data gets ``flow.gif``: the points of a
+:class:`Transport` moving from t=0 to t=1 over p_t, those of a
+:class:`genlab.models.base.Layered` model pushed through its layers one at a time, and the
+rounds of a multi-stage model side by side. The drawing itself is in :mod:`genlab.plots`.
 """
 
 from __future__ import annotations

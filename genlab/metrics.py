@@ -138,9 +138,8 @@ def conditional_scores(model: Model, toy, n: int = 20_000, generator=None) -> di
     device = model.device
     x, y = toy.sample_labelled(n, generator)
     x, y = x.to(device), y.to(device)
-    log_q = torch.cat(
-        [model.log_prob(a, y=b).double().cpu() for a, b in zip(x.split(10_000), y.split(10_000))]
-    )
+    pieces = zip(x.split(10_000), y.split(10_000), strict=True)  # bounded memory, as the KL's
+    log_q = torch.cat([model.log_prob(a, y=b).double().cpu() for a, b in pieces])
     log_p = toy.log_prob(x.double(), y).cpu()
     diff, y = log_p - log_q, y.cpu()
     out = {

@@ -212,7 +212,11 @@ class _RadialMixture(Toy):
     def _log_prob(self, x):
         r = torch.tensor(self.radii, dtype=F64, device=x.device)
         t = self._ring_terms(x, r)
-        return torch.logsumexp(t, 1) - math.log(len(self.radii)) - math.log(2 * math.pi * self.sigma**2)
+        return (
+            torch.logsumexp(t, 1)
+            - math.log(len(self.radii))
+            - math.log(2 * math.pi * self.sigma**2)
+        )
 
     def _class_log_prob(self, x, k):
         r = torch.tensor(self.radii[k : k + 1], dtype=F64, device=x.device)

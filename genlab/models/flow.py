@@ -238,7 +238,8 @@ class ContinuousFlow(Model, Transport):
         if y.shape != (n,):
             raise ValueError(f"{len(y)} classes for {n} points")
         if len(y) and (y.min() < 0 or y.max() >= self.classes):
-            raise ValueError(f"classes of {self.name} are 0..{self.classes - 1}, got {y.tolist()[:8]}")
+            bad = y[(y < 0) | (y >= self.classes)][:1].item()
+            raise ValueError(f"class {bad} of {self.name}: its classes are 0..{self.classes - 1}")
         return Guided(self.field, y, guidance)
 
     @property
