@@ -445,7 +445,9 @@ def conditional_markdown(runs: list[dict]) -> str:
         ce = []
         for w in ws:
             off = m.get(f"guided_off_w{w}")
-            ce.append(f"∞ ({100 * off:.2g}% off)" if _is_number(off) else _fmt(m.get(f"guided_ce_w{w}")))
+            ce.append(
+                f"∞ ({100 * off:.2g}% off)" if _is_number(off) else _fmt(m.get(f"guided_ce_w{w}"))
+            )
         rows.append(
             (
                 m["data"],

@@ -56,6 +56,14 @@ TINY_MODEL = {
         "model.reflow_pairs=256",
         "model.reflow_steps=4",
     ],
+    "schrodinger_bridge": [
+        "model.velocity.hidden=16",
+        "model.velocity.depth=1",
+        "model.score.hidden=16",
+        "model.score.depth=1",
+        "model.likelihood.atol=1e-4",
+        "model.likelihood.rtol=1e-4",
+    ],
     "meanflow": ["model.network.hidden=16", "model.network.depth=1"],
     "distill": [
         "model.velocity.hidden=16",

@@ -6,17 +6,19 @@ import json
 import pytest
 import torch
 from hydra.utils import instantiate
+from scipy.optimize import linear_sum_assignment
 
 from genlab.configs import compose_config, data_options, get_toy, options
 from genlab.data import Gaussian, Moons
 from genlab.errors import ConfigError
-from genlab.models import RectifiedFlow
+from genlab.models import RectifiedFlow, SchrodingerBridge
+from genlab.models.bridge import sinkhorn_pairs, sinkhorn_plan
 from genlab.nn import TimeMLP
 from genlab.ode import Solver
 from genlab.runner import build
 from genlab.sampling import Sampler
-from tests.test_cli import run_cli
 from tests.conftest import tiny_overrides
+from tests.test_cli import run_cli
 
 
 def flow(source, hidden=16, coupling="independent", method="euler", steps=1):
@@ -116,3 +118,80 @@ def test_cli_run_from_one_toy_to_another(tmp_path):
     assert (m["model"], m["source"], m["data"]) == ("rectified_flow", "8gaussians", "moons")
     assert m["kl"] == m["kl"] and m["w2"] > 0
     assert (run / "trajectories.png").exists() and (run / "density_t.png").exists()
+
+
+# -- the Schrödinger bridge --------------------------------------------------------------
+
+
+def bridge(sigma=0.5, source=None):
+    torch.manual_seed(0)
+    return SchrodingerBridge(
+        TimeMLP(dim=2, hidden=16, depth=2, activation="silu"),
+        TimeMLP(dim=2, hidden=16, depth=2, activation="silu"),
+        Sampler(method="euler", steps=8),
+        Solver("dopri5", atol=1e-6, rtol=1e-6),
+        sigma=sigma,
+        ema=0.0,
+        source=source,
+    )
+
+
+def test_the_sinkhorn_plan_tends_to_the_ot_plan_as_the_bridge_narrows_and_to_independence():
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(64, 2, generator=g), Moons().sample(64, g)
+    cost = torch.cdist(x0.double(), x1.double()).square()
+    exact = torch.zeros(64, 64, dtype=torch.float64)
+    _, cols = linear_sum_assignment(cost.numpy())
+    exact[torch.arange(64), torch.as_tensor(cols)] = 1 / 64
+    narrow, wide = sinkhorn_plan(x0, x1, 1e-3), sinkhorn_plan(x0, x1, 1e4)
+    for plan in (narrow, wide):  # a coupling: both marginals uniform
+        assert torch.allclose(plan.sum(0), torch.full((64,), 1 / 64), atol=1e-7)
+        assert torch.allclose(plan.sum(1), torch.full((64,), 1 / 64), atol=1e-7)
+    assert (narrow - exact).abs().sum() < 0.05  # total variation to the OT plan
+    assert (wide * 64 * 64 - 1).abs().max() < 0.01  # independent pairs
+    a, b = sinkhorn_pairs(x0, x1, 1e-3, torch.Generator().manual_seed(1))
+    i, j = torch.cdist(a, x0).argmin(1), torch.cdist(b, x1).argmin(1)
+    assert (exact[i, j] > 0).double().mean() > 0.95  # drawn pairs are the OT plan's
+
+
+def test_the_bridge_targets_are_the_velocity_and_score_of_its_brownian_bridge():
+    g = torch.Generator().manual_seed(2)
+    x0, x1, z = (torch.randn(5, 2, generator=g, dtype=torch.float64) for _ in range(3))
+    sigma, t, h = 0.7, 0.3, 1e-6
+
+    def path(s):
+        return (1 - s) * x0 + s * x1 + sigma * (s * (1 - s)) ** 0.5 * z
+
+    finite = (path(t + h) - path(t - h)) / (2 * h)
+    root = (t * (1 - t)) ** 0.5
+    u = x1 - x0 + (1 - 2 * t) / (2 * root) * sigma * z
+    assert torch.allclose(finite, u, atol=1e-8)  # the conditional flow that moves each path
+    # and the conditional score of N(mean_t, sigma^2 t (1 - t)) at the path's point is -z/lambda
+    mean, lam = (1 - t) * x0 + t * x1, sigma * root
+    score = -(path(t) - mean) / lam**2
+    assert torch.allclose(lam * score + z, torch.zeros_like(z), atol=1e-12)
+
+
+def test_the_bridge_sde_without_noise_is_the_euler_ode_and_log_prob_starts_from_the_source():
+    toy = Moons()
+    model = bridge(source=toy)
+    ode = model.sample(200, torch.Generator().manual_seed(3), method="euler", steps=8)
+    sde = model.sample(200, torch.Generator().manual_seed(3), method="sde", steps=8, noise=0.0)
+    assert torch.allclose(ode, sde, atol=1e-6)
+    assert not torch.allclose(
+        ode, model.sample(200, torch.Generator().manual_seed(3), method="sde", steps=8), atol=1e-3
+    )
+    zero_field(model)
+    x = toy.sample(300, torch.Generator().manual_seed(4))
+    assert torch.allclose(model.log_prob(x).double(), toy.log_prob(x).double(), atol=1e-6)
+
+
+def test_cli_run_of_a_schrodinger_bridge_between_toys_by_its_sde(tmp_path):
+    run = tmp_path / "run"
+    overrides = tiny_overrides("schrodinger_bridge", "moons")
+    run_cli(
+        run, overrides + ["source=8gaussians", "model.sampler.method=sde", "model.sampler.steps=20"]
+    )
+    m = json.loads((run / "metrics.json").read_text())
+    assert (m["model"], m["source"], m["data"]) == ("schrodinger_bridge", "8gaussians", "moons")
+    assert m["kl"] == m["kl"] and m["nfe"] == 40  # two networks a step

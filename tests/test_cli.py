@@ -167,21 +167,32 @@ def test_cli_diffusion_samples_by_each_few_step_sampler(tmp_path, sampler):
 # of test_lifecycle.py; here a run stopped in a later stage (a reflow round), and Glow, whose
 # ActNorm layers initialise from the first batch: a resumed run must not initialise them again.
 RESUME_CASES = {
-    "glow": ([], 6),  # interrupted at step 6, resumed from its step 4
+    "glow": ("glow", [], 6),  # interrupted at step 6, resumed from its step 4
     # round 0 has 4 steps; interrupted in reflow round 1 at step 6, resumed from its step 4
-    "rectified_flow": (["train.steps=4", "model.reflow=1", "model.reflow_steps=8"], 12),
+    "rectified_flow": (
+        "rectified_flow",
+        ["train.steps=4", "model.reflow=1", "model.reflow_steps=8"],
+        12,
+    ),
+    # labelled batches, label dropout and class-wise OT pairs from a source toy
+    "conditional_flow_from_a_toy": (
+        "rectified_flow",
+        ["data=8gaussians", "conditional=true", "source=moons", "model.coupling=ot"],
+        6,
+    ),
+    "schrodinger_bridge": ("schrodinger_bridge", ["source=8gaussians"], 6),  # Sinkhorn pairs
 }
 
 
-@pytest.mark.parametrize("model", list(RESUME_CASES))
-def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch, model):
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_continues_exactly(compose_cfg, tmp_path, monkeypatch, case):
     """An interrupted run resumed from its checkpoint ends with the same weights."""
     from genlab import figures
     from genlab import runner as train_module
 
     # The figures come after the metrics and are checked above: only the training is compared.
     monkeypatch.setattr(figures.RunFigures, "final", lambda *args, **kwargs: None)
-    extra, total = RESUME_CASES[model]
+    model, extra, total = RESUME_CASES[case]
     overrides = [*tiny_overrides(model), *extra, "train.checkpoint_every=4"]
     straight = train_module.train(compose_cfg(overrides), tmp_path / "a")
 

@@ -1,6 +1,7 @@
 """The models; each is a :class:`genlab.models.base.Model`."""
 
 from genlab.models.base import Model
+from genlab.models.bridge import SchrodingerBridge
 from genlab.models.cnf import CNF
 from genlab.models.diffusion import Diffusion
 from genlab.models.distill import DistilledFlow
@@ -23,6 +24,7 @@ __all__ = [
     "NSF",
     "CNF",
     "RectifiedFlow",
+    "SchrodingerBridge",
     "Diffusion",
     "MeanFlow",
     "DistilledFlow",
