@@ -123,7 +123,8 @@ def test_a_key_of_another_model_says_whose_it_is(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
-        "genlab: model.sampler.method belongs to cnf, diffusion, distill, rectified_flow; "
+        "genlab: model.sampler.method belongs to cnf, diffusion, distill, rectified_flow, "
+        "schrodinger_bridge; "
         "model=nice has no such key"
     )
     assert not (tmp_path / "outputs").exists()

