@@ -61,11 +61,14 @@ QUALITY_STEPS = (1, 2, 4, 10, 100)
 
 
 @torch.no_grad()
-def batched_log_prob(log_prob, x: Tensor, chunk: int = 10_000) -> Tensor:
+def batched_log_prob(log_prob, x: Tensor, chunk: int = 10_000, y: Tensor | None = None) -> Tensor:
     """``log_prob`` (a model's or a toy's) over ``x`` in chunks, for bounded memory: an ODE
-    solve, or a curve toy's quadrature, holds kilobytes a point. Returns (B,) float64 on the
-    CPU."""
-    return torch.cat([log_prob(c).double().cpu() for c in x.split(chunk)])
+    solve, or a curve toy's quadrature, holds kilobytes a point; ``y``: the points' classes,
+    passed chunk by chunk as ``log_prob(x, y=...)``. Returns (B,) float64 on the CPU."""
+    if y is None:
+        return torch.cat([log_prob(c).double().cpu() for c in x.split(chunk)])
+    pieces = zip(x.split(chunk), y.split(chunk), strict=True)
+    return torch.cat([log_prob(a, y=b).double().cpu() for a, b in pieces])
 
 
 def kl_to_truth(model: Model, toy, n: int = 20_000, generator=None) -> dict[str, float]:
@@ -138,8 +141,7 @@ def conditional_scores(model: Model, toy, n: int = 20_000, generator=None) -> di
     device = model.device
     x, y = toy.sample_labelled(n, generator)
     x, y = x.to(device), y.to(device)
-    pieces = zip(x.split(10_000), y.split(10_000), strict=True)  # bounded memory, as the KL's
-    log_q = torch.cat([model.log_prob(a, y=b).double().cpu() for a, b in pieces])
+    log_q = batched_log_prob(model.log_prob, x, y=y)
     log_p = toy.log_prob(x.double(), y).cpu()
     diff, y = log_p - log_q, y.cpu()
     out = {

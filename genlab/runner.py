@@ -76,6 +76,9 @@ def _check_config(cfg: DictConfig) -> None:
     check_int("eval.grid", e.grid, 16)  # flow.gif's p_t frames take an eighth of it, >= 2
 
 
+#: The ``source`` group's default, the noise every model starts from.
+GAUSSIAN_SOURCE = "genlab.models.base.StandardNormal"
+
 #: The largest seed: numpy's global stream takes seeds below 2**32.
 MAX_SEED = 2**32 - 1
 
@@ -131,23 +134,17 @@ def check_memory(cfg: DictConfig, model: Model, toy) -> None:
     check_fits(f"train.batch_size={batch}", need, "lower it", model.device)
 
 
-def source_name(cfg: DictConfig) -> str:
-    """The name of the run's source distribution: ``gaussian`` unless ``source=<toy>``."""
-    node = cfg.get("source")
-    if node is None or node.get("_target_") == "genlab.models.base.StandardNormal":
-        return "gaussian"
-    return getattr(instantiate(node), "name", "") or str(node.get("_target_"))
-
-
 def _check_source(cfg: DictConfig) -> None:
     """Refuse ``source=<toy>`` for a model that starts from its own noise (no ``model.source``
     key): it would be ignored, and the run would not be what was asked for."""
-    if "source" in cfg.model or source_name(cfg) == "gaussian":
+    node = cfg.get("source")
+    if "source" in cfg.model or node is None or node.get("_target_") == GAUSSIAN_SOURCE:
         return
     from genlab.configs import key_owners  # composes every model config: only on this error
 
+    name = getattr(instantiate(node), "name", "") or node.get("_target_")
     raise ConfigError(
-        f"source={source_name(cfg)}: {cfg.model._target_.rsplit('.', 1)[-1]} starts from "
+        f"source={name}: {cfg.model._target_.rsplit('.', 1)[-1]} starts from "
         f"N(0, I), not from another distribution; models with a source: "
         f"{', '.join(key_owners('source'))}"
     )
@@ -258,7 +255,8 @@ def _fit_and_evaluate(cfg, toy, model: Model, fit: Fit, figures: RunFigures, run
     device = model.device
     fit.run(hooks=[(cfg.train.plot_every, figures.progress), run_log.hook])
 
-    out = {"model": model.name, "data": toy.name, "source": source_name(cfg)}
+    source = getattr(model, "source", "gaussian")  # a plug-in model may not say
+    out = {"model": model.name, "data": toy.name, "source": source}
     out.update(seed=cfg.seed, device=str(device))
     if getattr(model, "classes", 0):
         out["classes"] = model.classes  # a conditional model, scored class by class too
@@ -316,7 +314,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, sweep: str | None 
         seed=cfg.eval.seed,
         grid=cfg.eval.grid,
         animate=cfg.plots.animate,
-        source=source_name(cfg),
+        source=getattr(model, "source", "gaussian"),
     )
     try:
         with RunLock(run_dir), RunLog(logger, fit, sweep) as run_log:

@@ -181,6 +181,8 @@ class Model(nn.Module):
 
     name: str = "model"
     dim: int = 2
+    #: The distribution a transport starts from (``gaussian``: its own noise).
+    source: str = "gaussian"
     #: The number of classes of a conditional model (0: unconditional). Such a model trains
     #: on labelled batches, ``loss(x, y)``, and its ``sample`` and ``log_prob`` take ``y``.
     classes: int = 0

@@ -129,11 +129,6 @@ class SchrodingerBridge(ContinuousFlow):
         if self.score_ema is not None:
             self.score_ema.update(self.score)
 
-    def _source(self, like: Tensor) -> Tensor:
-        if self.gaussian_source:
-            return torch.randn_like(like)
-        return self.prior.sample(len(like), None, device=like.device, dtype=like.dtype)
-
     def bridge_loss(self, x0: Tensor, x1: Tensor, t: Tensor | None = None) -> Tensor:
         """Flow and score matching on the Brownian bridge of paired rows ``x0``, ``x1``:
         ``|v(t, x_t) - u_t|^2 + |lambda_t s(t, x_t) + z|^2``, averaged."""
@@ -153,7 +148,7 @@ class SchrodingerBridge(ContinuousFlow):
     def loss(self, x: Tensor) -> Tensor:
         """Pairs of a fresh source batch and the data batch drawn from their Sinkhorn plan at
         ``2 sigma^2``, then :meth:`bridge_loss`."""
-        x0, x1 = sinkhorn_pairs(self._source(x), x, 2 * self.sigma**2)
+        x0, x1 = sinkhorn_pairs(self._training_noise(x), x, 2 * self.sigma**2)
         return self.bridge_loss(x0, x1)
 
     def velocity_and_score(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -251,6 +251,13 @@ class ContinuousFlow(Model, Transport):
         p = next(self.velocity.parameters())
         return self.prior.sample(check_count(n), generator, device=p.device, dtype=p.dtype)
 
+    def _training_noise(self, like: Tensor) -> Tensor:
+        """A fresh source batch the size of the data batch ``like``, from torch's global
+        generator (which the checkpoint saves): ``randn_like`` for the Gaussian source."""
+        if self.gaussian_source:
+            return torch.randn_like(like)
+        return self.prior.sample(len(like), None, device=like.device, dtype=like.dtype)
+
     def sample(
         self,
         n: int,

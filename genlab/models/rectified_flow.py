@@ -212,10 +212,7 @@ class RectifiedFlow(ContinuousFlow):
             raise ValueError(f"a conditional {self.name} trains on labelled data: loss(x, y)")
         if y is not None and not self.classes:
             raise ValueError(f"{self.name} is not conditional (classes=0): it takes no classes")
-        if self.gaussian_source:
-            noise = torch.randn_like(x)
-        else:
-            noise = self.prior.sample(len(x), None, device=x.device, dtype=x.dtype)
+        noise = self._training_noise(x)
         if self.coupling == "ot" and y is not None:
             noise = class_ot_pairing(noise, x, y)
         elif self.coupling != "independent":
