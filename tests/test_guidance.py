@@ -9,7 +9,8 @@ import torch
 from genlab.configs import compose_config
 from genlab.data import EightGaussians
 from genlab.errors import ConfigError
-from genlab.models import RectifiedFlow
+from genlab.models import Diffusion, RectifiedFlow
+from genlab.models.diffusion import VPSchedule
 from genlab.models.flow import Guided
 from genlab.models.rectified_flow import class_ot_pairing, ot_pairing
 from genlab.nn import TimeMLP
@@ -32,6 +33,63 @@ def conditional_flow(classes=8, coupling="independent", **sampler):
         coupling=coupling,
         classes=classes,
     )
+
+
+def conditional_diffusion(classes=4, method="ancestral", steps=12):
+    torch.manual_seed(0)
+    network = TimeMLP(dim=2, hidden=16, depth=2, activation="silu", classes=classes).double()
+    sampler = Sampler(method, steps=steps, atol=1e-7, rtol=1e-7)
+    likelihood = Solver("dopri5", atol=1e-7, rtol=1e-7)
+    return Diffusion(network, VPSchedule(), sampler, likelihood, ema=0.0, classes=classes)
+
+
+class GuidedNetwork(torch.nn.Module):
+    """A conditional network's classifier-free guided output for fixed classes, as the plain
+    network of an unconditional diffusion: ``n_null + (1 + w) (n_y - n_null)``."""
+
+    def __init__(self, network, y, w):
+        super().__init__()
+        self.network, self.y, self.w = network, y, w
+
+    def forward(self, c, x):
+        cond, uncond = self.network(c, x, self.y), self.network(c, x, None)
+        return uncond + (1 + self.w) * (cond - uncond)
+
+
+@pytest.mark.parametrize("method", ["ancestral", "ddim", "dpmpp_2m", "heun", "sde", "euler"])
+@pytest.mark.parametrize("w", [0.0, 2.0])
+def test_guided_diffusion_samples_as_the_guided_network_would_unconditionally(method, w):
+    """Every diffusion sampler given classes and guidance ``w`` draws, from the same noise,
+    the samples of an unconditional diffusion whose network is the guided combination: the
+    guidance acts on the network's output, which the noise, the velocity and the score
+    carry affinely with weights summing to one."""
+    model = conditional_diffusion(method=method)
+    y = torch.arange(40) % 4
+    plain = Diffusion(
+        GuidedNetwork(model.velocity.network, y, w), VPSchedule(), model.sampler, Solver(), ema=0
+    )
+    drawn = model.sample(40, torch.Generator().manual_seed(6), y=y, guidance=w)
+    expected = plain.sample(40, torch.Generator().manual_seed(6))
+    assert torch.allclose(drawn, expected, atol=1e-10), (drawn - expected).abs().max()
+    assert not torch.allclose(drawn, model.sample(40, torch.Generator().manual_seed(6)))
+
+
+def test_conditional_diffusion_densities_integrate_to_one_and_training_drops_labels():
+    model = conditional_diffusion(classes=2)
+    pts = grid_points(6.0, 100)
+    area = (12.0 / 100) ** 2
+    for k in (0, 1):
+        with torch.no_grad():
+            mass = model.log_prob(pts, y=torch.full((len(pts),), k)).exp().sum().item() * area
+        assert abs(mass - 1) < 2e-3, (k, mass)
+    seen = []
+    model.velocity.network.register_forward_pre_hook(lambda _, args: seen.append(args[2]))
+    torch.manual_seed(7)
+    model.loss(torch.zeros(20_000, 2, dtype=torch.float64), torch.ones(20_000, dtype=torch.long))
+    assert abs((seen[0] == 2).double().mean().item() - 0.1) < 0.01
+    assert set(seen[0].tolist()) == {1, 2}
+    with pytest.raises(ValueError, match="a conditional diffusion trains on labelled data"):
+        model.loss(torch.zeros(4, 2, dtype=torch.float64))
 
 
 def test_the_guided_field_combines_the_two_fields_and_its_jacobian_is_exact():
@@ -131,7 +189,7 @@ def test_label_dropout_trains_the_null_class_on_its_share_of_rows():
 def test_conditional_runs_are_refused_where_there_is_nothing_to_condition(tmp_path):
     cases = [
         ("rectified_flow", "swissroll", "swissroll has no classes; toys with classes: .*moons"),
-        ("cnf", "8gaussians", "CNF takes no classes; conditional models: rectified_flow"),
+        ("cnf", "8gaussians", "CNF takes no classes; conditional models: diffusion, rectified_"),
     ]
     for model, data, message in cases:
         cfg = compose_config(tiny_overrides(model, data) + ["conditional=true"])
@@ -141,6 +199,14 @@ def test_conditional_runs_are_refused_where_there_is_nothing_to_condition(tmp_pa
     with pytest.raises(ConfigError, match="model.classes=8, but moons has 2 classes"):
         build(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_conditional_diffusion_run_gives_its_network_the_toys_classes(tmp_path):
+    cfg = compose_config(tiny_overrides("diffusion", "pinwheel") + ["conditional=true"])
+    _, model, _, _ = build(cfg, tmp_path / "run")
+    assert model.classes == 5 and model.velocity.network.classes == 5
+    x, y = torch.zeros(6, 2), torch.arange(6) % 5
+    assert model.loss(x, y).isfinite() and model.log_prob(x, y=y).shape == (6,)
 
 
 def test_cli_conditional_run_scores_each_class_and_draws_guidance(tmp_path):

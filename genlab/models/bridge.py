@@ -157,8 +157,9 @@ class SchrodingerBridge(ContinuousFlow):
         self.counter.count += 2
         return self.field(t, x), self.score_field(t, x)
 
-    def sample_with(self, z: Tensor, sampler: Sampler, generator: torch.Generator | None) -> Tensor:
-        """``sde``: the bridge's forward SDE, ``g^2 = noise * sigma^2``."""
+    def sample_with(self, z, sampler, generator, field=None) -> Tensor:
+        """``sde``: the bridge's forward SDE, ``g^2 = noise * sigma^2`` (an unconditional
+        model: ``field`` is always its own)."""
         g2 = sampler.noise * self.sigma**2
         return marginal_sde(
             self.velocity_and_score, lambda t: torch.full_like(t, g2), z, sampler.steps, generator

@@ -158,7 +158,9 @@ class ProbabilityFlow(nn.Module):
     Arguments:
         network: ``network(c, x) -> (B, dim)`` with ``forward_with_jacobian(c, x)`` (its exact
             Jacobian w.r.t. ``x``, (B, dim, dim)), a :class:`genlab.nn.TimeMLP`; ``c`` is the
-            scaled log-SNR, 0-dim or (B,).
+            scaled log-SNR, 0-dim or (B,). A conditional network (``classes > 0``) is called
+            as ``network(c, x, y)`` too, and every method here takes the classes ``y``
+            (``None``: the null class).
         schedule: the path.
     """
 
@@ -166,6 +168,11 @@ class ProbabilityFlow(nn.Module):
         super().__init__()
         self.network = network
         self.schedule = schedule
+        self.classes = getattr(network, "classes", 0)
+
+    def _net(self, c: Tensor, x: Tensor, y: Tensor | None, jacobian: bool = False):
+        fn = self.network.forward_with_jacobian if jacobian else self.network
+        return fn(c, x) if y is None else fn(c, x, y)
 
     def _scales(self, t: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The network's time input, and ``sigma`` and ``lambda' sigma / 2`` at ``t``, shaped
@@ -180,28 +187,32 @@ class ProbabilityFlow(nn.Module):
         c = (torch.log(alpha / sigma) / LOG_SNR_SCALE).reshape(t.shape)
         return c, sigma, 0.5 * rate * sigma
 
-    def noise(self, t: Tensor | float, x: Tensor) -> Tensor:
+    def noise(self, t: Tensor | float, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The predicted noise ``e_hat = sigma x + network(c, x)`` at ``t`` (float, 0-dim or
         (B,)) and points ``x`` (B, dim); (B, dim)."""
         c, sigma, _ = self._scales(t, x)
-        return sigma * x + self.network(c, x)
+        return sigma * x + self._net(c, x, y)
 
-    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+    def forward(self, t: Tensor | float, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The velocity at time ``t`` (float, 0-dim or (B,)) and points ``x`` (B, dim); (B, dim)."""
         c, _, k = self._scales(t, x)
-        return -k * self.network(c, x)
+        return -k * self._net(c, x, y)
 
-    def velocity_and_score(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    def velocity_and_score(
+        self, t: Tensor, x: Tensor, y: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The velocity and the score ``-e_hat / sigma`` at ``t``; one network evaluation."""
         c, sigma, k = self._scales(t, x)
-        out = self.network(c, x)
+        out = self._net(c, x, y)
         return -k * out, -x - out / sigma
 
-    def forward_with_jacobian(self, t: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_with_jacobian(
+        self, t: Tensor | float, x: Tensor, y: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(v, J)``: the velocity (B, dim) and its Jacobian ``J[b, i, j] = dv_i/dx_j``
         (B, dim, dim), from the network's exact forward-mode Jacobian."""
         c, _, k = self._scales(t, x)
-        out, jac = self.network.forward_with_jacobian(c, x)
+        out, jac = self._net(c, x, y, jacobian=True)
         return -k * out, -k[..., None] * jac
 
 
@@ -213,6 +224,11 @@ class Diffusion(ContinuousFlow):
         schedule: the VP path (:class:`VPSchedule`).
         sampler, likelihood, dim, ema: see :class:`ContinuousFlow`; ``sampler.method`` is one
             of ``ancestral``, ``ddim``, ``sde`` or an ODE solver.
+        classes, label_dropout: a conditional model's number of classes (the run sets it from
+            the data, ``conditional=true``; the network must take them) and the share of
+            training rows given the null class (see :class:`ContinuousFlow`). Every sampler
+            then takes classes with classifier-free guidance on the predicted noise,
+            ``e_w = e_null + (1 + w)(e_y - e_null)`` (``sampler.guidance`` is ``w``).
 
     The end-of-run yardstick scores ``ancestral``, ``ddim`` (eta=0), ``dpmpp`` (``dpmpp_2m``,
     steps uniform in log-SNR), ``heun`` (Karras' spacing, no churn; at half the step counts,
@@ -239,25 +255,36 @@ class Diffusion(ContinuousFlow):
         likelihood: Solver,
         ema: float = 0.999,
         dim: int = 2,
+        classes: int = 0,
+        label_dropout: float = 0.1,
     ) -> None:
-        super().__init__(ProbabilityFlow(network, schedule), sampler, likelihood, dim, ema)
+        field = ProbabilityFlow(network, schedule)
+        super().__init__(
+            field, sampler, likelihood, dim, ema, classes=classes, label_dropout=label_dropout
+        )
         self.schedule = schedule
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """DDPM's simple loss ``|e_hat(t, alpha x + sigma e) - e|^2`` on a data batch ``x``
-        (B, dim), with ``t ~ U[0, 1]`` and ``e ~ N(0, I)``; the batch mean."""
+        (B, dim), with ``t ~ U[0, 1]`` and ``e ~ N(0, I)``; the batch mean. A conditional
+        model takes the batch's classes ``y`` and drops a ``label_dropout`` share of them to
+        the null class."""
         check_points(x, self.dim)
+        given = self._training_classes(y)
         t = torch.rand(len(x), device=x.device, dtype=x.dtype)
         noise = torch.randn_like(x)
         alpha, sigma, _ = self.schedule.coefficients(t[:, None])
-        e_hat = self.velocity.noise(t, alpha * x + sigma * noise)
+        e_hat = self.velocity.noise(t, alpha * x + sigma * noise, given)
         return (e_hat - noise).square().sum(-1).mean()
 
-    def velocity_and_score(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    def velocity_and_score(
+        self, t: Tensor, x: Tensor, field: nn.Module | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The probability-flow velocity and the score ``-e_hat / sigma`` at time ``t``, each
-        (B, dim); one network evaluation."""
+        (B, dim), of ``field`` (default :attr:`field`); one network evaluation (two rows a
+        point when guided)."""
         self.counter.count += 1
-        return self.field.velocity_and_score(t, x)
+        return (field or self.field).velocity_and_score(t, x)
 
     def _check_method(self, sampler: Sampler) -> Sampler:
         sampler = super()._check_method(sampler)
@@ -280,9 +307,16 @@ class Diffusion(ContinuousFlow):
             device=x.device,
         )
 
-    def sample_with(self, z: Tensor, sampler: Sampler, generator: torch.Generator | None) -> Tensor:
+    def sample_with(
+        self,
+        z: Tensor,
+        sampler: Sampler,
+        generator: torch.Generator | None,
+        field: nn.Module | None = None,
+    ) -> Tensor:
         """``ancestral``, ``ddim``, ``dpmpp_2m``, ``heun`` or ``sde`` from noise ``z`` (B, dim)
-        in ``sampler.steps`` steps placed by ``sampler.spacing``."""
+        in ``sampler.steps`` steps placed by ``sampler.spacing``, on ``field`` (default
+        :attr:`field`; given classes, the guided one)."""
         times = self.step_times(sampler, z)
         if sampler.method == "sde":
 
@@ -291,21 +325,27 @@ class Diffusion(ContinuousFlow):
                 return sampler.noise * sigma * sigma * rate
 
             return marginal_sde(
-                self.velocity_and_score, g2, z, sampler.steps, generator, times.double().cpu()
+                lambda t, x: self.velocity_and_score(t, x, field),
+                g2,
+                z,
+                sampler.steps,
+                generator,
+                times.double().cpu(),
             )
         if sampler.method == "dpmpp_2m":
-            return self.dpmpp_2m(z, times)
+            return self.dpmpp_2m(z, times, field)
         if sampler.method == "heun":
-            return self.heun(z, times, sampler.churn, generator)
+            return self.heun(z, times, sampler.churn, generator, field)
         eta = 1.0 if sampler.method == "ancestral" else sampler.eta
-        return self.ddim(z, sampler.steps, eta, generator, times)
+        return self.ddim(z, sampler.steps, eta, generator, times, field)
 
-    def _predict(self, t: Tensor, x: Tensor) -> Tensor:
-        """The predicted noise at one time ``t`` (0-dim); one counted network evaluation."""
+    def _predict(self, t: Tensor, x: Tensor, field: nn.Module | None = None) -> Tensor:
+        """The noise ``field`` (default :attr:`field`) predicts at one time ``t`` (0-dim); one
+        counted network evaluation."""
         self.counter.count += 1
-        return self.field.noise(t, x)
+        return (field or self.field).noise(t, x)
 
-    def dpmpp_2m(self, x: Tensor, times: Tensor) -> Tensor:
+    def dpmpp_2m(self, x: Tensor, times: Tensor, field: nn.Module | None = None) -> Tensor:
         """DPM-Solver++(2M) from noise ``x`` (B, dim) at t=0 over the grid ``times``.
 
         With ``l = log(alpha / sigma)`` (half the log-SNR), ``h = l' - l`` and the data
@@ -319,7 +359,7 @@ class Diffusion(ContinuousFlow):
         half = torch.log(alpha / sigma)
         previous, h_prev = None, None
         for i in range(len(times) - 1):
-            e_hat = self._predict(times[i], x)
+            e_hat = self._predict(times[i], x, field)
             x_hat = (x - sigma[i] * e_hat) / alpha[i]
             h = half[i + 1] - half[i]
             d = x_hat
@@ -336,6 +376,7 @@ class Diffusion(ContinuousFlow):
         times: Tensor,
         churn: float = 0.0,
         generator: torch.Generator | None = None,
+        field: nn.Module | None = None,
     ) -> Tensor:
         """EDM's Heun sampler from noise ``x`` (B, dim) at t=0 over the grid ``times``.
 
@@ -360,10 +401,10 @@ class Diffusion(ContinuousFlow):
                 noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
                 y = y + torch.sqrt(((s_hat / a) ** 2 - s * s).clamp(min=0)) * noise
                 s = s_hat / a
-            d = self._predict(t, a * y)
+            d = self._predict(t, a * y, field)
             ds = scaled[i + 1] - s
             y_next = y + ds * d
-            d_next = self._predict(times[i + 1], alpha[i + 1] * y_next)
+            d_next = self._predict(times[i + 1], alpha[i + 1] * y_next, field)
             y = y + ds * 0.5 * (d + d_next)
         return alpha[-1] * y
 
@@ -379,6 +420,7 @@ class Diffusion(ContinuousFlow):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         times: Tensor | None = None,
+        field: nn.Module | None = None,
     ) -> Tensor:
         """DDIM's step from each time of a grid of [0, 1] to the next, from noise ``x``.
 
@@ -398,7 +440,7 @@ class Diffusion(ContinuousFlow):
         alpha, sigma, _ = self.schedule.coefficients(times)
         for i in range(steps):
             a, s, a1, s1 = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
-            e_hat = self._predict(times[i], x)
+            e_hat = self._predict(times[i], x, field)
             c = eta * s1 / s * torch.sqrt(1 - (a / a1) ** 2)
             x = a1 / a * x + (torch.sqrt((s1 * s1 - c * c).clamp(min=0)) - a1 * s / a) * e_hat
             if eta > 0:

@@ -100,7 +100,10 @@ class Guided(nn.Module):
     ``v_w(t, x) = v(t, x, null) + (1 + w) (v(t, x, y) - v(t, x, null))``: ``w = 0`` is the
     conditional field itself (one evaluation), ``w > 0`` pushes it away from the unconditional
     one (two evaluations, in one batch). Linear in the two fields, so its Jacobian is the same
-    combination of theirs, and the exact divergence holds.
+    combination of theirs, and the exact divergence holds. The field's other outputs that are
+    affine in its network's output with weights summing to one mix the same way, so that
+    guiding the network guides them all: diffusion's predicted noise ``sigma x + network``
+    (:meth:`noise`) and its ``(velocity, score)`` pair (:meth:`velocity_and_score`).
 
     Arguments:
         field: a field called as ``field(t, x, y)`` (``y=None``: the null class), with
@@ -116,28 +119,34 @@ class Guided(nn.Module):
         super().__init__()
         self.field, self.y, self.w = field, y, float(w)
 
-    def _doubled(self, t, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The inputs of one batch of 2B rows: the points with their classes, then with the
-        null class."""
+    def _mixed(self, fn, t, x: Tensor):
+        """``fn(t, x, y)`` guided: one call at w=0, else one call on 2B rows (the points with
+        their classes, then with the null class) whose halves are mixed, each output of a
+        tuple alike."""
+        if self.w == 0:
+            return fn(t, x, self.y)
         n = len(x)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         t = (t.expand(n) if t.ndim == 0 else t).repeat(2)
         null = torch.full_like(self.y, self.field.classes)
-        return t, x.repeat(2, 1), torch.cat([self.y, null])
+        out = fn(t, x.repeat(2, 1), torch.cat([self.y, null]))
+
+        def mix(v: Tensor) -> Tensor:
+            return v[n:] + (1 + self.w) * (v[:n] - v[n:])
+
+        return tuple(mix(v) for v in out) if isinstance(out, tuple) else mix(out)
 
     def forward(self, t, x: Tensor) -> Tensor:
-        if self.w == 0:
-            return self.field(t, x, self.y)
-        v = self.field(*self._doubled(t, x))
-        cond, uncond = v[: len(x)], v[len(x) :]
-        return uncond + (1 + self.w) * (cond - uncond)
+        return self._mixed(self.field, t, x)
 
     def forward_with_jacobian(self, t, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.w == 0:
-            return self.field.forward_with_jacobian(t, x, self.y)
-        v, jac = self.field.forward_with_jacobian(*self._doubled(t, x))
-        n, w = len(x), self.w
-        return v[n:] + (1 + w) * (v[:n] - v[n:]), jac[n:] + (1 + w) * (jac[:n] - jac[n:])
+        return self._mixed(self.field.forward_with_jacobian, t, x)
+
+    def noise(self, t, x: Tensor) -> Tensor:
+        return self._mixed(self.field.noise, t, x)
+
+    def velocity_and_score(self, t, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._mixed(self.field.velocity_and_score, t, x)
 
 
 class ContinuousFlow(Model, Transport):
@@ -167,6 +176,9 @@ class ContinuousFlow(Model, Transport):
             :class:`genlab.nn.TimeMLP` with the same ``classes``). ``sample``, ``push`` and
             ``log_prob`` then take the classes ``y``; without them they are the null class's,
             the unconditional flow that label dropout trains.
+        label_dropout: the share of a conditional flow's training rows whose class is
+            replaced by the null class (:meth:`_training_classes`), which trains the
+            unconditional field beside the conditional one (classifier-free guidance).
     """
 
     few_step_samplers = {"euler": {"method": "euler"}}
@@ -182,16 +194,18 @@ class ContinuousFlow(Model, Transport):
         ema: float = 0.0,
         source=None,
         classes: int = 0,
+        label_dropout: float = 0.1,
     ) -> None:
         super().__init__()
         check_fraction("ema", ema)
         check_int("classes", classes, 0)
+        check_fraction("label_dropout", label_dropout)
         if getattr(velocity, "classes", 0) != classes:
             raise ValueError(
                 f"the flow has classes={classes}, its velocity "
                 f"classes={getattr(velocity, 'classes', 0)}: they must agree"
             )
-        self.classes = classes
+        self.classes, self.label_dropout = classes, label_dropout
         self.dim = dim
         self.velocity = velocity
         self.prior: Prior = as_source(source, dim)
@@ -242,6 +256,20 @@ class ContinuousFlow(Model, Transport):
             raise ValueError(f"class {bad} of {self.name}: its classes are 0..{self.classes - 1}")
         return Guided(self.field, y, guidance)
 
+    def _training_classes(self, y: Tensor | None) -> Tensor | None:
+        """The classes a training batch gives the field: ``None`` for an unconditional flow,
+        else ``y`` with a ``label_dropout`` share of them replaced by the null class (drawn
+        from torch's global generator). Refuses labels the flow cannot take, and a
+        conditional flow's batch without them."""
+        if self.classes and y is None:
+            raise ValueError(f"a conditional {self.name} trains on labelled data: loss(x, y)")
+        if y is None:
+            return None
+        if not self.classes:
+            raise ValueError(f"{self.name} is not conditional (classes=0): it takes no classes")
+        drop = torch.rand(len(y), device=y.device) < self.label_dropout
+        return torch.where(drop, self.classes, y)
+
     @property
     def nfe(self) -> int:
         """Velocity evaluations so far, over every solve (training, sampling, likelihood)."""
@@ -277,15 +305,20 @@ class ContinuousFlow(Model, Transport):
         """
         sampler = self._check_method(self.sampler.replace(method=method, steps=steps, **options))
         z = self._noise(n, generator)
-        if y is not None and not sampler.is_ode:
-            raise ValueError(f"{sampler.method} does not take classes: use an ODE solver")
         if sampler.is_ode:
             return self.push(z, solver=sampler.ode_solver, y=y, guidance=sampler.guidance)
-        return self.sample_with(z, sampler, generator)
+        return self.sample_with(z, sampler, generator, self._given(y, n, sampler.guidance))
 
-    def sample_with(self, z: Tensor, sampler: Sampler, generator: torch.Generator | None) -> Tensor:
+    def sample_with(
+        self,
+        z: Tensor,
+        sampler: Sampler,
+        generator: torch.Generator | None,
+        field: nn.Module | None = None,
+    ) -> Tensor:
         """Carry noise ``z`` (B, dim) at t=0 to t=1 with one of the model's own methods, those
-        of ``methods`` that are not ODE solvers. Returns (B, dim)."""
+        of ``methods`` that are not ODE solvers, on ``field`` (default :attr:`field`; the
+        guided field given classes, see :meth:`_given`). Returns (B, dim)."""
         raise NotImplementedError(f"{self.name} has no sampler {sampler.method!r}")
 
     def push(

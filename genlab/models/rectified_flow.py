@@ -24,7 +24,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from genlab.checks import check_choice, check_fraction, check_int
+from genlab.checks import check_choice, check_int
 from genlab.models.base import Stage, check_count, check_points
 from genlab.models.flow import ContinuousFlow
 from genlab.ode import SOLVERS, Solver, transport
@@ -112,14 +112,12 @@ class RectifiedFlow(ContinuousFlow):
         classes: int = 0,
         label_dropout: float = 0.1,
     ) -> None:
-        super().__init__(velocity, sampler, likelihood, dim, ema, source, classes)
-        check_fraction("label_dropout", label_dropout)
+        super().__init__(velocity, sampler, likelihood, dim, ema, source, classes, label_dropout)
         if classes and reflow:
             raise ValueError(
                 f"reflow of a conditional flow is not supported (reflow={reflow}, "
                 f"classes={classes}): its pairs would need classes drawn as the data's"
             )
-        self.label_dropout = label_dropout
         check_choice("time distribution", time_distribution, TIME_DISTRIBUTIONS)
         check_int("reflow", reflow, 0)
         check_int("reflow_pairs", reflow_pairs, 1)
@@ -162,21 +160,28 @@ class RectifiedFlow(ContinuousFlow):
             )
         return sampler
 
-    def velocity_and_score(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    def velocity_and_score(
+        self, t: Tensor, x: Tensor, field: nn.Module | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The field ``v`` and the score of the path's marginal at time ``t < 1``, each (B, dim).
 
         Along ``x_t = (1 - t) x0 + t x1`` with ``x0 ~ N(0, I)``, ``v = E[x1 - x0 | x_t]`` gives
         ``E[x0 | x_t] = x_t - t v``, and the score is
-        ``E[-x0 | x_t] / (1 - t) = (t v - x_t) / (1 - t)``. One field evaluation.
+        ``E[-x0 | x_t] / (1 - t) = (t v - x_t) / (1 - t)``. One evaluation of ``field``
+        (default :attr:`field`).
         """
         self.counter.count += 1
-        v = self.field(t, x)
+        v = (field or self.field)(t, x)
         return v, (t * v - x) / (1 - t)
 
-    def sample_with(self, z: Tensor, sampler: Sampler, generator: torch.Generator | None) -> Tensor:
+    def sample_with(self, z, sampler, generator, field=None) -> Tensor:
         """``sde``: Euler-Maruyama with ``g(t)^2 = noise * (1 - t)``."""
         return marginal_sde(
-            self.velocity_and_score, lambda t: sampler.noise * (1 - t), z, sampler.steps, generator
+            lambda t, x: self.velocity_and_score(t, x, field),
+            lambda t: sampler.noise * (1 - t),
+            z,
+            sampler.steps,
+            generator,
         )
 
     def sample_time(self, n: int, like: Tensor) -> Tensor:
@@ -208,19 +213,13 @@ class RectifiedFlow(ContinuousFlow):
         """Velocity matching with fresh noise paired with the data batch, independently or by
         minibatch optimal transport (``coupling``); a conditional flow takes the batch's
         classes ``y`` and drops a ``label_dropout`` share of them to the null class."""
-        if self.classes and y is None:
-            raise ValueError(f"a conditional {self.name} trains on labelled data: loss(x, y)")
-        if y is not None and not self.classes:
-            raise ValueError(f"{self.name} is not conditional (classes=0): it takes no classes")
+        given = self._training_classes(y)
         noise = self._training_noise(x)
         if self.coupling == "ot" and y is not None:
             noise = class_ot_pairing(noise, x, y)
         elif self.coupling != "independent":
             noise = ot_pairing(noise, x)
-        if y is not None:
-            drop = torch.rand(len(y), device=y.device) < self.label_dropout
-            y = torch.where(drop, self.classes, y)
-        return self.pair_loss(noise, x, y=y)
+        return self.pair_loss(noise, x, y=given)
 
     @torch.no_grad()
     def make_pairs(
