@@ -71,10 +71,11 @@ class RunFigures:
     ) -> None:
         self.model, self.toy, self.run_dir = model, toy, Path(run_dir)
         self.seed, self.grid, self.animate = seed, grid, animate
-        self.title = f"{model.name} on {toy.name}"
+        data = getattr(toy, "label", toy.name)  # with its constants when not the defaults
+        self.title = f"{model.name} on {data}"
         self.start = "noise"
         if source != "gaussian":
-            self.title = f"{model.name}: {source} to {toy.name}"
+            self.title = f"{model.name}: {source} to {data}"
             self.start = source
         self._grids: dict[tuple[float, int], np.ndarray] = {}  # log p_t by (t, n): (n, n)
         gen = torch.Generator(model.device).manual_seed(seed)

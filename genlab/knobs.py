@@ -1,6 +1,6 @@
 """``python -m genlab.knobs``: the table of every setting, generated from ``conf/``.
 
-Each row is one key of a shipped config (the main config, every model, every logger) with its
+Each row is one key of a shipped config (the main config, every model, toy and logger) with its
 value there and the comment written beside it (or on the lines just above it), so the table
 in ``docs/knobs.md`` is the configs themselves, never a copy kept by hand; a test checks that
 the page equals what this prints.
@@ -67,7 +67,8 @@ def _table(title: str, entries: list[tuple[str, str, str]]) -> str:
 
 
 def markdown() -> str:
-    """The whole page: the main config, then each model and each logger, one table each."""
+    """The whole page: the main config, then each model, each toy and each logger, one table
+    each."""
     conf = resources.files("genlab.conf")
     parts = [
         "# Every setting\n\n"
@@ -80,7 +81,7 @@ def markdown() -> str:
             list(rows(conf.joinpath("config.yaml").read_text(encoding="utf-8"))),
         ),
     ]
-    for group in ("model", "logger"):
+    for group in ("model", "data", "logger"):
         for entry in sorted(conf.joinpath(group).iterdir(), key=lambda e: e.name):
             if not entry.name.endswith(".yaml"):
                 continue

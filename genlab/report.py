@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageSequence
 
 from genlab import metrics, plots, scores
+from genlab.data.base import toy_label
 from genlab.files import (
     ENCODING,
     atomic,
@@ -145,8 +146,11 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
             continue
         m["run"] = str(path.parent.relative_to(root))
         m["job"] = _job_num(path.parent)
+        if m.get("data_constants"):  # a toy off its default constants is its own column
+            m["data"] = toy_label(m["data"], m["data_constants"])
         if m.get("source", "gaussian") != "gaussian":  # a transport from a toy is its own row
-            m["model"] = f"{m['model']} from {m['source']}"
+            source = toy_label(m["source"], m.get("source_constants"))
+            m["model"] = f"{m['model']} from {source}"
         if m.get("classes"):  # so is a conditional model (its KL is its null class's)
             m["model"] = f"{m['model']} (conditional)"
         m["setting"] = _setting(path.parent, m)
@@ -196,6 +200,9 @@ def _read_metrics(path: Path) -> dict:
     for key in _TEXT_KEYS:
         if not isinstance(m[key], str):
             raise ValueError(f"metrics.json: {key} is {m[key]!r}, not a name")
+    for key in ("data_constants", "source_constants"):
+        if not isinstance(m.get(key, {}), dict):
+            raise ValueError(f"metrics.json: {key} is {m[key]!r}, not a table of constants")
     for key in _NUMBER_KEYS + tuple(k for k in _OPTIONAL_NUMBERS if m.get(k) is not None):
         if not _is_number(m[key]):
             raise ValueError(f"metrics.json: {key} is {m[key]!r}, not a number")

@@ -250,6 +250,10 @@ def build(
     return toy, model, fit, logger
 
 
+def _json_constants(constants: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in constants.items()}
+
+
 def _fit_and_evaluate(cfg, toy, model: Model, fit: Fit, figures: RunFigures, run_log) -> dict:
     """Train, evaluate, draw and write ``metrics.json``; returns the metrics."""
     device = model.device
@@ -257,6 +261,10 @@ def _fit_and_evaluate(cfg, toy, model: Model, fit: Fit, figures: RunFigures, run
 
     source = getattr(model, "source", "gaussian")  # a plug-in model may not say
     out = {"model": model.name, "data": toy.name, "source": source}
+    source_toy = getattr(getattr(model, "prior", None), "distribution", None)
+    for key, each in (("data_constants", toy), ("source_constants", source_toy)):
+        if getattr(each, "custom", None):  # a toy off its default constants says which
+            out[key] = _json_constants(each.custom)
     out.update(seed=cfg.seed, device=str(device))
     if getattr(model, "classes", 0):
         out["classes"] = model.classes  # a conditional model, scored class by class too

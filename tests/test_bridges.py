@@ -113,10 +113,14 @@ def test_a_source_is_refused_where_it_would_be_ignored_or_wrong(tmp_path):
 
 def test_cli_run_from_one_toy_to_another(tmp_path):
     run = tmp_path / "run"
-    run_cli(run, tiny_overrides("rectified_flow", "moons") + ["source=8gaussians"])
+    # each toy with a constant of its own, which the run records and the report names
+    others = ["source=8gaussians", "source.radius=3", "data.sigma=0.25"]
+    run_cli(run, tiny_overrides("rectified_flow", "moons") + others)
     m = json.loads((run / "metrics.json").read_text())
     assert (m["model"], m["source"], m["data"]) == ("rectified_flow", "8gaussians", "moons")
+    assert m["data_constants"] == {"sigma": 0.25} and m["source_constants"] == {"radius": 3.0}
     assert m["kl"] == m["kl"] and m["w2"] > 0
+    assert m["entropy"] > get_toy("moons").entropy()  # a wider noise
     assert (run / "trajectories.png").exists() and (run / "density_t.png").exists()
 
 

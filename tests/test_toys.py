@@ -8,6 +8,17 @@ import torch
 from scipy import stats
 
 from genlab.configs import data_options, get_toy
+from genlab.data import (
+    Checkerboard,
+    Circles,
+    EightGaussians,
+    Moons,
+    Pinwheel,
+    Rings,
+    SwissRoll,
+    TwoSpirals,
+)
+from genlab.data.base import toy_label
 
 ENTROPY = {
     "8gaussians": 2.8319,
@@ -20,6 +31,27 @@ ENTROPY = {
     "swissroll": 2.6696,
 }
 NAMES = list(ENTROPY)
+
+# The same toys with other constants: every test of a sampler or a density holds for them too.
+OTHER = {
+    "8gaussians torchcfm": lambda: EightGaussians(radius=5.0, sigma=0.1**0.25),
+    "8gaussians 5 modes": lambda: EightGaussians(radius=3.0, sigma=0.3, modes=5),
+    "moons wide": lambda: Moons(scale=3.0, offset=(-1.0, -1.0), sigma=0.15),
+    "checkerboard flow_matching": lambda: Checkerboard(scale=1 / 0.45),
+    "2spirals one turn": lambda: TwoSpirals(scale=0.5, turns=1.0, sigma=0.15),
+    "pinwheel 3 arms": lambda: Pinwheel(
+        arms=3, rate=0.4, radial_std=0.25, tangential_std=0.08, scale=1.5
+    ),
+    "rings 2": lambda: Rings(radii=(2.0, 1.0), sigma=0.15),
+    "circles 3": lambda: Circles(radii=(3.5, 2.0, 0.5), sigma=0.1),
+    "swissroll loose": lambda: SwissRoll(scale=0.25, sigma=0.3),
+}
+CASES = NAMES + list(OTHER)
+
+
+def make(case: str):
+    """The toy of a test case: a shipped config by name, or one of :data:`OTHER`."""
+    return OTHER[case]() if case in OTHER else get_toy(case)
 
 
 def grid(bound: float, h: float) -> tuple[torch.Tensor, float]:
@@ -36,9 +68,9 @@ def test_the_shipped_toys_are_the_eight_and_each_config_builds_its_own():
         get_toy("moon")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_shapes_dtype_and_determinism(name):
-    toy = get_toy(name)
+    toy = make(name)
     assert toy.sample(1).shape == (1, 2)
     x = toy.sample(1000, torch.Generator().manual_seed(1))
     assert x.shape == (1000, 2) and x.dtype == torch.float32
@@ -47,9 +79,9 @@ def test_shapes_dtype_and_determinism(name):
     assert toy.log_prob(x).shape == (1000,) and toy.log_prob(x).dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_moments_match_the_definition(name):
-    toy = get_toy(name)
+    toy = make(name)
     x = toy.sample(200_000, torch.Generator().manual_seed(3)).double()
     n = len(x)
     mean = torch.tensor(toy.mean, dtype=torch.float64)
@@ -62,18 +94,18 @@ def test_moments_match_the_definition(name):
     assert ((products.mean(0) - cov).abs() < 5 * se_cov + 1e-12).all(), (products.mean(0), cov)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_density_integrates_to_one(name):
-    toy = get_toy(name)
+    toy = make(name)
     pts, area = grid(toy.bound, 0.05)
     mass = toy.log_prob(pts).exp().sum().item() * area
     assert abs(mass - 1) < 1e-3
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_histogram_agrees_with_the_density(name):
     """Chi-square test of 1e5 samples against the density integrated over 24 x 24 bins."""
-    toy = get_toy(name)
+    toy = make(name)
     bins, sub = 24, 6
     b = toy.bound
     x = toy.sample(100_000, torch.Generator().manual_seed(4)).double().numpy()
@@ -125,9 +157,56 @@ def test_every_toy_has_its_constant_jacobian_floor(name):
         assert floor == 1 - math.log(2)
 
 
-@pytest.mark.parametrize("name", ["moons", "swissroll", "2spirals"])
+@pytest.mark.parametrize("case", list(OTHER))
+def test_other_constants_are_named_and_drop_the_floor_computed_at_the_defaults(case):
+    toy = make(case)
+    assert toy.custom and toy.label.startswith(f"{toy.name} (")
+    if toy.name == "checkerboard":  # 1 - log 2 holds for any uniform density
+        assert toy.constant_log_det_floor == 1 - math.log(2)
+    else:
+        assert toy.constant_log_det_floor is None
+    x = toy.sample(20_000, torch.Generator().manual_seed(9))
+    assert (x.abs() < toy.bound).all()  # the box grows to hold the toy
+
+
+def test_the_defaults_written_to_ten_digits_are_the_defaults():
+    toy = EightGaussians(radius=2.828854314, sigma=0.353606789)
+    assert toy.custom == {} and toy.radius == 4 / 1.414 and toy.label == "8gaussians"
+    assert toy.constant_log_det_floor == 0.0008 and toy.bound == 5.0
+    assert repr(toy) == "EightGaussians()"
+    for name in NAMES:  # the shipped configs build the default toys
+        assert get_toy(name).custom == {}, name
+    wide = EightGaussians(radius=5.0)
+    assert wide.bound == 7.0 and repr(wide) == "EightGaussians(radius=5.0)"
+    assert toy_label("moons", {"sigma": 0.3, "offset": [-1.0, -1.0]}) == (
+        "moons (sigma=0.3, offset=(-1, -1))"
+    )
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: Moons(sigma=0), "moons sigma must be > 0, got 0.0"),
+        (lambda: Moons(offset=(1.0, 2.0, 3.0)), r"moons offset must be a pair, got \(1.0, 2.0, 3"),
+        (lambda: EightGaussians(modes=0), "8gaussians modes must be an int >= 1, got 0"),
+        (lambda: Pinwheel(arms=2), "pinwheel arms must be an int >= 3, got 2"),
+        (lambda: Rings(radii=()), r"rings radii must list at least one radius, got \(\)"),
+        (lambda: Circles(radii=(3.0, -1.0)), r"circles radii must be > 0, got -1.0"),
+        (lambda: Checkerboard(scale="2"), "checkerboard scale must be a number, got '2'"),
+        (lambda: TwoSpirals(turns=float("nan")), "2spirals turns must be finite, got nan"),
+    ],
+)
+def test_bad_constants_are_refused_naming_them(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+CURVES = ["moons", "swissroll", "2spirals", "moons wide", "2spirals one turn", "swissroll loose"]
+
+
+@pytest.mark.parametrize("name", CURVES)
 def test_curve_quadrature_agrees_with_a_4x_finer_rule(name):
-    toy, fine = get_toy(name), get_toy(name)
+    toy, fine = make(name), make(name)
     fine.panel = toy.panel / 4
     x = toy.sample(5000, torch.Generator().manual_seed(5)).double()
     assert (toy.log_prob(x) - fine.log_prob(x)).abs().max() < 1e-9
@@ -165,9 +244,12 @@ def test_the_toys_with_natural_classes_have_them_and_the_others_refuse_labels():
         toy.log_prob(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
 
 
-@pytest.mark.parametrize("name", list(LABELLED))
+LABELLED_CASES = list(LABELLED) + [c for c in OTHER if not c.startswith("swissroll")]
+
+
+@pytest.mark.parametrize("name", LABELLED_CASES)
 def test_labelled_samples_are_the_samples_and_their_classes_have_the_class_probs(name):
-    toy = get_toy(name)
+    toy = make(name)
     x = toy.sample(40_000, torch.Generator().manual_seed(6))
     xl, y = toy.sample_labelled(40_000, torch.Generator().manual_seed(6))
     assert torch.equal(x, xl) and y.dtype == torch.long and y.shape == (40_000,)
@@ -182,9 +264,9 @@ def test_labelled_samples_are_the_samples_and_their_classes_have_the_class_probs
     assert (own[:, None] >= per).all(1).double().mean() > 0.99
 
 
-@pytest.mark.parametrize("name", list(LABELLED))
+@pytest.mark.parametrize("name", LABELLED_CASES)
 def test_each_class_integrates_to_one_and_their_mixture_is_the_density(name):
-    toy = get_toy(name)
+    toy = make(name)
     pts, area = grid(toy.bound, 0.05)
     y = torch.zeros(len(pts), dtype=torch.long)
     per = torch.stack([toy.log_prob(pts, y + k) for k in range(toy.classes)], 1)

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlab.checks import check_int
+from genlab.checks import check_int, check_positive
 
-__all__ = ["Toy", "F64", "Pair"]
+__all__ = ["Toy", "F64", "Pair", "toy_label"]
 
 F64 = torch.float64
 ENTROPY_STEP = 0.01  # grid step h of entropy()
@@ -56,20 +56,84 @@ class Toy:
     and ``2 pi s^2 = E_p[A]`` is the best variance. For a uniform density ``A`` is uniform on
     ``[0, area]``, so ``E_p[A] = area / 2``, ``H = log area`` and the floor is exactly
     ``1 - log 2`` (the checkerboard). The other floors are this formula evaluated on the
-    ``entropy`` grid (step 0.01), to 4 decimals.
+    ``entropy`` grid (step 0.01), to 4 decimals, at the toy's default constants.
+
+    **Constants.** A toy's defining constants (a radius, a noise, a scale, a number of modes)
+    are its constructor's arguments, listed with their defaults in ``defaults`` (FFJORD's
+    toys); the sampler, the exact density, the moments and the classes follow them. A value
+    within 1e-9 (relative) of its default is the default itself, so a config that writes
+    ``4 / 1.414`` to ten digits builds the default toy. Off the defaults (``custom``) the
+    floor is ``None`` (it was computed for the defaults only) and the box grows to hold the
+    toy: ``bound`` is then the default box or ``extent()`` rounded up to a half, whichever is
+    larger.
     """
 
     name: str = ""
     bound: float = 4.0
+    #: The defining constants and their defaults; the constructor takes each by name.
+    defaults: dict[str, object] = {}
     #: The number of natural classes (the parts a sample is drawn from: a mode, an arm, a
     #: ring, a square); 0 for a toy without them.
     classes: int = 0
-    #: Lowest KL (nats) from this toy reachable by a constant-Jacobian flow (NICE) with a
-    #: standard Gaussian prior, ``None`` if unknown; see the class docstring.
-    constant_log_det_floor: float | None = None
+    #: The constant-Jacobian floor at the default constants (see the class docstring).
+    floor_at_defaults: float | None = None
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.custom.items())
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def constants(self) -> dict[str, object]:
+        """The toy's defining constants, by name (tuples for pairs and lists)."""
+        return {k: getattr(self, k) for k in self.defaults}
+
+    @property
+    def custom(self) -> dict[str, object]:
+        """The constants that differ from their defaults (empty for the default toy)."""
+        return {k: v for k, v in self.constants.items() if v != self.defaults[k]}
+
+    @property
+    def label(self) -> str:
+        """The toy's name, with its custom constants if it has any: ``moons (sigma=0.3)``."""
+        return toy_label(self.name, self.custom)
+
+    @property
+    def constant_log_det_floor(self) -> float | None:
+        """Lowest KL (nats) from this toy reachable by a constant-Jacobian flow (NICE) with a
+        standard Gaussian prior; ``None`` if unknown (off the default constants)."""
+        return None if self.custom else self.floor_at_defaults
+
+    def extent(self) -> float:
+        """A half-width that holds all but less than 1e-6 of the mass, from the constants."""
+        raise NotImplementedError
+
+    def _set_constants(self, **given) -> None:
+        """Check and set the constants (each positive unless the toy's own check says
+        otherwise), snap each within 1e-9 of its default to it, and size the box."""
+        for key, value in given.items():
+            default = self.defaults[key]
+            if isinstance(default, tuple):
+                value = tuple(_real(f"{self.name} {key}", v) for v in value)
+                close = len(value) == len(default) and all(
+                    _close(v, d) for v, d in zip(value, default, strict=True)
+                )
+            elif isinstance(default, int):
+                value = check_int(f"{self.name} {key}", value, minimum=1)
+                close = value == default
+            else:
+                value = _real(f"{self.name} {key}", value)
+                close = _close(value, default)
+            setattr(self, key, default if close else value)
+        self._check_constants()
+        if self.custom:
+            self.bound = max(type(self).bound, math.ceil(2 * self.extent()) / 2)
+
+    def _check_constants(self) -> None:
+        """Raise ``ValueError`` naming a constant outside the toy's range (default: every
+        real constant > 0)."""
+        for key, value in self.constants.items():
+            for v in value if isinstance(value, tuple) else (value,):
+                check_positive(f"{self.name} {key}", v)
 
     @property
     def mean(self) -> Pair:
@@ -239,6 +303,32 @@ class Toy:
         """``log p`` on the mesh ``x1 x x2``, shape (len(x1), len(x2)), float64 on the CPU."""
         pts = torch.stack(torch.meshgrid(x1, x2, indexing="ij"), -1).reshape(-1, 2)
         return self.log_prob(pts).reshape(len(x1), len(x2))
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _close(value: float, default: float) -> bool:
+    return abs(value - default) <= 1e-9 * max(1.0, abs(default))
+
+
+def toy_label(name: str, constants: dict | None) -> str:
+    """``moons (scale=3, offset=(-1, -1))``: a toy's name with the constants it was given
+    (tuples, or the lists ``metrics.json`` holds), the name alone without them."""
+    if not constants:
+        return name
+
+    def short(v) -> str:
+        if isinstance(v, tuple | list):
+            return "(" + ", ".join(short(x) for x in v) + ")"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return f"{name} ({', '.join(f'{k}={short(v)}' for k, v in constants.items())})"
 
 
 def _rand(n, g, device, *shape) -> Tensor:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genlab.checks import check_positive
 from genlab.data.base import F64, Pair, Toy, _gauss_legendre, _rand, _randint, _randn
 
 __all__ = ["Moons", "SwissRoll", "TwoSpirals"]
@@ -30,8 +31,12 @@ class _CurveToy(Toy):
 
     t_range: Pair = (0.0, 1.0)
     sigma: float = 0.1
-    panel: float = 0.1
     order: int = 8
+
+    def _set_constants(self, **given) -> None:
+        super()._set_constants(**given)
+        # quadrature panels two noise std long along the curve: a 1e-9 rule on the data
+        self.panel = 2 * self.sigma
 
     def _arms(self, t: Tensor) -> list[Tensor]:
         """Node centres ``m_a(t)`` of each arm, each of shape (len(t), 2)."""
@@ -153,13 +158,20 @@ class _GaussianCurve(_CurveToy):
 
 
 class Moons(_GaussianCurve):
-    """Two interleaved half circles (sklearn ``make_moons(noise=0.1) * 2 + (-1, -0.2)``).
+    """Two interleaved half circles (sklearn ``make_moons``, scaled and shifted).
 
-    Arms ``(2 cos t - 1, 2 sin t - 0.2)`` and ``(1 - 2 cos t, 0.8 - 2 sin t)``, each with
-    probability 1/2, ``t ~ U[0, pi]``, plus N(0, 0.2^2 I) (sklearn's noise 0.1, scaled by 2).
-    Mean (0, 0.3); covariance ``[[3.04, 0.5 - 4/pi], [0.5 - 4/pi, 2.29 - 4/pi]]``.
-    Entropy 2.3939 nats; constant-Jacobian floor 0.0358 nats. Classes: the half circle, the
-    upper first.
+    sklearn's unit moons, ``(cos t, sin t)`` and ``(1 - cos t, 0.5 - sin t)`` with
+    ``t ~ U[0, pi]``, each with probability 1/2, times ``scale``, plus ``offset``, plus
+    N(0, sigma^2 I). FFJORD's (the defaults): ``make_moons(noise=0.1) * 2 + (-1, -0.2)``, so
+    arms ``(2 cos t - 1, 2 sin t - 0.2)`` and ``(1 - 2 cos t, 0.8 - 2 sin t)`` and sigma 0.2
+    (sklearn's noise 0.1, scaled by 2); mean (0, 0.3), covariance
+    ``[[3.04, 0.5 - 4/pi], [0.5 - 4/pi, 2.29 - 4/pi]]``, entropy 2.3939 nats,
+    constant-Jacobian floor 0.0358 nats. Classes: the half circle, the upper first.
+
+    Arguments:
+        scale: the radius of each half circle (default 2).
+        offset: the shift of the scaled moons (default (-1, -0.2)).
+        sigma: the noise std in final coordinates (default 0.2: sklearn's noise times scale).
 
     References:
         Grathwohl et al. 2019, FFJORD (the "moons" toy).
@@ -167,15 +179,31 @@ class Moons(_GaussianCurve):
 
     name = "moons"
     bound = 4.0
-    constant_log_det_floor = 0.0358
+    floor_at_defaults = 0.0358
+    defaults = {"scale": 2.0, "offset": (-1.0, -0.2), "sigma": 0.2}
     t_range = (0.0, math.pi)
-    sigma = 0.2
-    panel = 0.4
     order = 8
 
+    def __init__(self, scale: float = 2.0, offset: Pair = (-1.0, -0.2), sigma: float = 0.2) -> None:
+        self._set_constants(scale=scale, offset=offset, sigma=sigma)
+
+    def _check_constants(self) -> None:
+        if len(self.offset) != 2:
+            raise ValueError(f"moons offset must be a pair, got {self.offset!r}")
+        for key in ("scale", "sigma"):
+            check_positive(f"moons {key}", getattr(self, key))
+
+    def extent(self) -> float:
+        dx, dy = (abs(o) for o in self.offset)
+        return max(2 * self.scale + dx, 1.5 * self.scale + dy) + 5.3 * self.sigma
+
     def _arms(self, t):
-        c, s = 2 * t.cos(), 2 * t.sin()
-        return [torch.stack([c - 1, s - 0.2], -1), torch.stack([1 - c, 0.8 - s], -1)]
+        c, s = self.scale * t.cos(), self.scale * t.sin()
+        ox, oy = self.offset
+        return [
+            torch.stack([c + ox, s + oy], -1),
+            torch.stack([self.scale - c + ox, 0.5 * self.scale - s + oy], -1),
+        ]
 
     def _sample_labelled(self, n, g, device):
         t = math.pi * _rand(n, g, device)
@@ -185,10 +213,15 @@ class Moons(_GaussianCurve):
 
 
 class SwissRoll(_GaussianCurve):
-    """The swiss roll (sklearn ``make_swiss_roll(noise=1)``, coordinates 0 and 2, / 5).
+    """The swiss roll (sklearn ``make_swiss_roll``, coordinates 0 and 2, times ``scale``).
 
-    ``t ~ U[1.5 pi, 4.5 pi]``, ``x = (t cos t, t sin t) / 5 + N(0, 0.2^2 I)`` (sklearn's unit
-    noise, divided by 5). Entropy 2.6696 nats; constant-Jacobian floor 0.0278 nats.
+    ``t ~ U[1.5 pi, 4.5 pi]``, ``x = scale (t cos t, t sin t) + N(0, sigma^2 I)``. FFJORD's
+    (the defaults): ``make_swiss_roll(noise=1)`` divided by 5, so scale 0.2 and sigma 0.2;
+    entropy 2.6696 nats, constant-Jacobian floor 0.0278 nats.
+
+    Arguments:
+        scale: the factor on sklearn's roll (default 0.2).
+        sigma: the noise std in final coordinates (default 0.2).
 
     References:
         Grathwohl et al. 2019, FFJORD (the "swissroll" toy).
@@ -196,14 +229,19 @@ class SwissRoll(_GaussianCurve):
 
     name = "swissroll"
     bound = 4.0
-    constant_log_det_floor = 0.0278
+    floor_at_defaults = 0.0278
+    defaults = {"scale": 0.2, "sigma": 0.2}
     t_range = (1.5 * math.pi, 4.5 * math.pi)
-    sigma = 0.2
-    panel = 0.4
     order = 8
 
+    def __init__(self, scale: float = 0.2, sigma: float = 0.2) -> None:
+        self._set_constants(scale=scale, sigma=sigma)
+
+    def extent(self) -> float:
+        return 4.5 * math.pi * self.scale + 5.3 * self.sigma
+
     def _arms(self, t):
-        return [torch.stack([t * t.cos(), t * t.sin()], -1) / 5]
+        return [self.scale * torch.stack([t * t.cos(), t * t.sin()], -1)]
 
     def _sample(self, n, g, device):
         t0, t1 = self.t_range
@@ -214,17 +252,23 @@ class SwissRoll(_GaussianCurve):
 class TwoSpirals(_CurveToy):
     """Two interleaved spirals.
 
-    ``n = 3 pi sqrt(U)`` (density ``2n / (3 pi)^2`` on [0, 3 pi]),
-    ``d = (-n cos n + U1/2, n sin n + U2/2)``, ``x = +d/3`` or ``-d/3`` with probability 1/2,
-    plus N(0, 0.1^2 I) (``U, U1, U2`` independent uniforms on [0, 1)). Entropy 2.6455 nats;
-    constant-Jacobian floor 0.0455 nats. Classes: the spiral, ``+d`` first.
+    ``n = T sqrt(U)`` (density ``2n / T^2`` on [0, T], ``T = 2 pi turns``),
+    ``d = (-n cos n + U1/2, n sin n + U2/2)``, ``x = +scale d`` or ``-scale d`` with
+    probability 1/2, plus N(0, sigma^2 I) (``U, U1, U2`` independent uniforms on [0, 1)).
+    FFJORD's (the defaults): 540 degrees (1.5 turns), scale 1/3, sigma 0.1; entropy 2.6455
+    nats, constant-Jacobian floor 0.0455 nats. Classes: the spiral, ``+d`` first.
 
-    Density: per coordinate the jitter ``U/6`` convolved with the noise is the
-    kernel ``k(y) = 6 [Phi((y + a)/sigma) - Phi((y - a)/sigma)]``, ``a = 1/12``, about the
-    jitter's centre, so arm ``+-`` has node centres ``+-(c(n)/3 + (1/12, 1/12))``.
-    ``k(y) = 3 [erfc((|y| - a)/(sigma sqrt 2)) - erfc((|y| + a)/(sigma sqrt 2))]`` loses no
-    precision; rows whose density underflows (far from the spirals) are recomputed in log
-    space with ``log_ndtr``.
+    Density: per coordinate the jitter ``scale U/2`` convolved with the noise is the kernel
+    ``k(y) = (1 / 2a) [Phi((y + a)/sigma) - Phi((y - a)/sigma)]``, ``a = scale / 4``, about
+    the jitter's centre, so arm ``+-`` has node centres ``+-(scale c(n) + (a, a))``.
+    ``k(y) = (1 / 4a) [erfc((|y| - a)/(sigma sqrt 2)) - erfc((|y| + a)/(sigma sqrt 2))]``
+    loses no precision; rows whose density underflows (far from the spirals) are recomputed in
+    log space with ``log_ndtr``.
+
+    Arguments:
+        scale: the factor on the spirals (default 1/3).
+        turns: the turns of each spiral (default 1.5).
+        sigma: the Gaussian noise std in final coordinates (default 0.1).
 
     References:
         Grathwohl et al. 2019, FFJORD (the "2spirals" toy).
@@ -232,18 +276,23 @@ class TwoSpirals(_CurveToy):
 
     name = "2spirals"
     bound = 4.0
-    constant_log_det_floor = 0.0455
-    t_range = (0.0, 3 * math.pi)
-    sigma = 0.1
-    half = 1 / 12
-    panel = 0.2
+    floor_at_defaults = 0.0455
+    defaults = {"scale": 1 / 3, "turns": 1.5, "sigma": 0.1}
     order = 8
 
+    def __init__(self, scale: float = 1 / 3, turns: float = 1.5, sigma: float = 0.1) -> None:
+        self._set_constants(scale=scale, turns=turns, sigma=sigma)
+        self.t_range = (0.0, 2 * math.pi * self.turns)
+        self.half = self.scale / 4  # the half-width a of the jitter, scale * U / 2
+
+    def extent(self) -> float:
+        return self.scale * (2 * math.pi * self.turns + 0.5) + 5.3 * self.sigma
+
     def _t_density(self, t):
-        return 2 * t / (3 * math.pi) ** 2
+        return 2 * t / self.t_range[1] ** 2
 
     def _arms(self, t):
-        m = torch.stack([-t * t.cos(), t * t.sin()], -1) / 3 + self.half
+        m = self.scale * torch.stack([-t * t.cos(), t * t.sin()], -1) + self.half
         return [m, -m]
 
     def _exact_arms(self, t):
@@ -254,23 +303,23 @@ class TwoSpirals(_CurveToy):
         return self.sigma**2 + (2 * self.half) ** 2 / 12
 
     def _sample_labelled(self, n, g, device):
-        t = 3 * math.pi * _rand(n, g, device).sqrt()
+        t = self.t_range[1] * _rand(n, g, device).sqrt()
         d = torch.stack([-t * t.cos(), t * t.sin()], -1) + _rand(n, g, device, 2) / 2
         arm = _randint(2, n, g, device)
         sign = 1 - 2 * arm.to(F64)[:, None]
-        return sign * d / 3 + self.sigma * _randn(n, g, device, 2), arm
+        return sign * self.scale * d + self.sigma * _randn(n, g, device, 2), arm
 
     def _kernel(self, y: Tensor) -> Tensor:
         u, c = y.abs(), 1 / (self.sigma * math.sqrt(2))
-        return 3 * (
+        return (
             torch.special.erfc((u - self.half) * c) - torch.special.erfc((u + self.half) * c)
-        )
+        ) / (4 * self.half)
 
     def _log_kernel(self, y: Tensor) -> Tensor:
         u = y.abs()
         hi = torch.special.log_ndtr((self.half - u) / self.sigma)
         lo = torch.special.log_ndtr((-self.half - u) / self.sigma)
-        return math.log(6) + hi + torch.log1p(-torch.exp(lo - hi))
+        return -math.log(2 * self.half) + hi + torch.log1p(-torch.exp(lo - hi))
 
     def _log_prob_on(self, x, m, w):
         p = (self._kernel(x[:, :1] - m[:, 0]) * self._kernel(x[:, 1:] - m[:, 1])) @ w

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor
 
+from genlab.checks import check_int
 from genlab.data.base import (
     _LOG2PI,
     F64,
@@ -24,9 +25,11 @@ from genlab.data.base import (
 
 __all__ = ["Pinwheel"]
 
-# Beyond this radius r (|x| = 2r) only preimage angles |b| <= asin(_WINDOW_SIN / r) are searched.
+# Beyond this feature radius r (|x| = scale r) only preimage angles |b| <= asin(window / r) are
+# searched, window = _WINDOW_SIN at the default stds (see Pinwheel._window).
 _WINDOW_RADIUS = 5.5
 _WINDOW_SIN = 1.17
+_FAR_RADIUS = 10.0  # beyond it the continuum limit replaces the sum over preimages
 
 
 def _newton_increasing(fun, lo: Tensor, hi: Tensor, x: Tensor, iters: int = 100) -> Tensor:
@@ -56,32 +59,41 @@ def _newton_increasing(fun, lo: Tensor, hi: Tensor, x: Tensor, iters: int = 100)
 
 
 class Pinwheel(Toy):
-    """Five pinwheel arms.
+    """Pinwheel arms: five by default, FFJORD's.
 
-    ``f ~ N((1, 0), diag(0.3^2, 0.1^2))`` (radial std 0.3, tangential std 0.1, no other
-    noise), ``k`` uniform in 0..4 (equal weights 1/5),
-    ``a = 2 pi k / 5 + 0.25 exp(f0)``, ``x = 2 f R(a)`` (row vector times
+    ``f ~ N((1, 0), diag(sr^2, st^2))`` (radial std ``sr`` 0.3, tangential std ``st`` 0.1, no
+    other noise), ``k`` uniform in ``0..K-1`` (``K = arms``, equal weights),
+    ``a = 2 pi k / K + rate exp(f0)``, ``x = s f R(a)`` (row vector times
     ``R(a) = [[cos a, -sin a], [sin a, cos a]]``, FFJORD's ``einsum("ti,tij->tj")``), i.e. ``f``
-    scaled by 2 and rotated clockwise by ``a``.
+    scaled by ``s`` (``scale``, 2) and rotated clockwise by ``a``. The formulas below are
+    written at the defaults (K = 5, rate 0.25, s = 2); the code follows the constants.
 
     Density: in polar coordinates ``f = r (cos b, sin b)`` the map keeps the radius
     (``|x| = 2r``) and sends the angle to ``phi = b - 2 pi k/5 - 0.25 exp(r cos b)``, so the
     preimages of ``x = (2r cos phi, 2r sin phi)`` over all arms are the roots ``b`` of
-    ``h(b) = b - 0.25 exp(r cos b) = phi (mod 2 pi / 5)``. ``|det J| = 4 |h'(b)|`` with
-    ``h'(b) = 1 + 0.25 r sin b exp(r cos b)``, so
+    ``h(b) = b - 0.25 exp(r cos b) = phi (mod 2 pi / 5)``. ``|det J| = 4 |h'(b)|`` (``s^2``)
+    with ``h'(b) = 1 + 0.25 r sin b exp(r cos b)``, so
     ``p(x) = (1/5) sum_roots N(f(b)) / (4 |h'(b)|)``.
     ``h'`` has one minimum on the circle; when it is negative (``r > ~1.7``) the map folds
     and ``h`` has one decreasing piece between the two zeros of ``h'``. On each monotone
     piece every level ``phi + 2 pi m / 5`` in its range has exactly one root, found by a
-    safeguarded Newton solve. For ``r > 5.5`` only ``|b| <= asin(1.17/r)`` is searched (roots
-    outside it weigh less than ``e^-60`` of the largest); for ``|x| > 20`` (``log p < -440``)
-    the sum is replaced by its continuum limit ``(1/(8 pi)) int N(f(b)) db`` (an
-    approximation there, error under ~0.3 nats, shrinking like ``exp(-|x|/4)``).
-    Entropy 2.3178 nats; constant-Jacobian floor 0.0008 nats.
+    safeguarded Newton solve. For ``r > 5.5`` only ``|r sin b| <= w`` is searched: a root with
+    ``|r sin b| = u`` weighs at most ``exp(-u^2 (1/(2 st^2) - 1/(2 sr^2)))`` of the root-free
+    ``b = 0`` term, and ``w`` makes that ``e^-61`` (``w = 1.17`` at the defaults; no window
+    when ``st >= sr``). For ``r > 10`` (``|x| > 20`` at the defaults, ``log p < -440``) the sum
+    is replaced by its continuum limit ``(1/(2 pi s^2)) int N(f(b)) db`` (an approximation
+    there, error under ~0.3 nats at the defaults, shrinking like ``exp(-|x|/4)``).
+    At the defaults: entropy 2.3178 nats; constant-Jacobian floor 0.0008 nats.
 
     Classes: the arm ``k``. A root of level ``phi + 2 pi m / 5`` is a preimage on arm
     ``k = m mod 5``, so ``p(x | k)`` is the same sum over arm ``k``'s roots alone, times 5
     (beyond ``|x| = 20``, where ``log p < -440``, the continuum limit times 5 for every arm).
+
+    Arguments:
+        arms: the number of arms K (>= 3; default 5).
+        rate: how fast an arm turns with the radial feature (default 0.25).
+        radial_std, tangential_std: the features' stds (defaults 0.3 and 0.1).
+        scale: the factor from features to the plane (default 2).
 
     References:
         Grathwohl et al. 2019, FFJORD (the "pinwheel" toy).
@@ -89,12 +101,37 @@ class Pinwheel(Toy):
 
     name = "pinwheel"
     bound = 5.0
-    constant_log_det_floor = 0.0008
-    arms = 5
-    classes = 5
-    rate = 0.25
-    radial_std = 0.3
-    tangential_std = 0.1
+    floor_at_defaults = 0.0008
+    defaults = {
+        "arms": 5,
+        "rate": 0.25,
+        "radial_std": 0.3,
+        "tangential_std": 0.1,
+        "scale": 2.0,
+    }
+
+    def __init__(
+        self,
+        arms: int = 5,
+        rate: float = 0.25,
+        radial_std: float = 0.3,
+        tangential_std: float = 0.1,
+        scale: float = 2.0,
+    ) -> None:
+        self._set_constants(
+            arms=arms, rate=rate, radial_std=radial_std, tangential_std=tangential_std, scale=scale
+        )
+
+    def _check_constants(self) -> None:
+        check_int("pinwheel arms", self.arms, minimum=3)  # 3-fold symmetry: isotropic moments
+        super()._check_constants()
+
+    @property
+    def classes(self) -> int:  # the arm
+        return self.arms
+
+    def extent(self) -> float:
+        return self.scale * (1 + 5.3 * max(self.radial_std, self.tangential_std))
 
     @property
     def mean(self) -> Pair:
@@ -102,8 +139,17 @@ class Pinwheel(Toy):
 
     @property
     def covariance(self) -> tuple[Pair, Pair]:
-        # 5-fold symmetry makes it isotropic; E|x|^2 = 4 E|f|^2 = 4 (1 + 0.3^2 + 0.1^2)
-        return _isotropic_cov(2 * (1 + self.radial_std**2 + self.tangential_std**2))
+        # K-fold symmetry (K >= 3) makes it isotropic; E|x|^2 = s^2 E|f|^2 = s^2 (1 + sr^2 + st^2)
+        second = self.scale**2 * (1 + self.radial_std**2 + self.tangential_std**2)
+        return _isotropic_cov(second / 2)
+
+    def _window(self) -> float:
+        """The window ``w`` on ``|r sin b|`` beyond ``r = 5.5`` (see the class docstring)."""
+        gain = 1 / (2 * self.tangential_std**2) - 1 / (2 * self.radial_std**2)
+        if gain <= 0:
+            return math.inf
+        default = 1 / (2 * 0.1**2) - 1 / (2 * 0.3**2)
+        return _WINDOW_SIN * math.sqrt(default / gain)
 
     def _sample_labelled(self, n, g, device):
         f = _randn(n, g, device, 2) * torch.tensor(
@@ -113,7 +159,7 @@ class Pinwheel(Toy):
         k = _randint(self.arms, n, g, device)
         a = 2 * math.pi * k.to(F64) / self.arms + self.rate * f[:, 0].exp()
         c, s = a.cos(), a.sin()
-        x = 2 * torch.stack([f[:, 0] * c + f[:, 1] * s, -f[:, 0] * s + f[:, 1] * c], -1)
+        x = self.scale * torch.stack([f[:, 0] * c + f[:, 1] * s, -f[:, 0] * s + f[:, 1] * c], -1)
         return x, k
 
     def _block_cols(self) -> int:
@@ -130,10 +176,10 @@ class Pinwheel(Toy):
         )
 
     def _log_prob(self, x, arm: int | None = None):
-        r = x.norm(dim=1) / 2
+        r = x.norm(dim=1) / self.scale
         phi = torch.atan2(x[:, 1], x[:, 0])
         out = torch.empty_like(r)
-        far = r > 10
+        far = r > _FAR_RADIUS
         if far.any():
             out[far] = self._continuum(r[far]) + (0.0 if arm is None else math.log(self.arms))
         near = ~far
@@ -146,10 +192,10 @@ class Pinwheel(Toy):
 
     def _continuum(self, r: Tensor) -> Tensor:
         gx, gw = (torch.from_numpy(a).to(r.device) for a in _gauss_legendre(64))
-        w = torch.asin(torch.clamp(1.4 / r, max=1.0))[:, None]
+        w = torch.asin(torch.clamp(14 * self.tangential_std / r, max=1.0))[:, None]
         b = w * gx
         e = self._log_normal(r[:, None], b) + (w * gw).log()
-        return torch.logsumexp(e, 1) - math.log(8 * math.pi)
+        return torch.logsumexp(e, 1) - math.log(2 * math.pi * self.scale**2)
 
     def _root_sum(self, r: Tensor, phi: Tensor, arm: int | None = None) -> Tensor:
         """``log p(x)`` at ``x = 2r (cos phi, sin phi)``, summed over the preimages of ``x``
@@ -172,7 +218,8 @@ class Pinwheel(Toy):
         The terms ``N(f(b)) / (5 * 4 |h'(b)|)`` are then added per point in log space.
         """
         bl, br, fold = self._fold_edges(r)
-        whole_turn = ~(fold | (r > _WINDOW_RADIUS))
+        windowed = (r > _WINDOW_RADIUS) & math.isfinite(self._window())
+        whole_turn = ~(fold | windowed)
         point, start, end, level, sign = [], [], [], [], []
         for a, b, s in self._monotone_pieces(r, bl, br):
             pid, lev, m = self._levels(r, phi, a, b, s, whole_turn if s > 0 else None)
@@ -187,7 +234,7 @@ class Pinwheel(Toy):
         pid, a, b, level, sign = (torch.cat(v) for v in (point, start, end, level, sign))
         rr = r[pid]
         beta = self._solve_levels(rr, a, b, level, sign)
-        jac = (4 * self._dh(beta, rr)).abs()
+        jac = (self.scale**2 * self._dh(beta, rr)).abs()
         terms = self._log_normal(rr, beta) - jac.log()
         if arm is None:
             terms = terms - math.log(self.arms)
@@ -235,10 +282,10 @@ class Pinwheel(Toy):
 
         ``h`` increases on ``[br, bl + 2 pi]`` (sign +1) and decreases on ``[bl, br]``
         (sign -1, empty without a fold). For ``r > 5.5`` both are cut to the window
-        ``|b| <= asin(1.17 / r)``; roots outside it weigh less than ``e^-60`` of the largest.
+        ``|b| <= asin(w / r)`` (:meth:`_window`; ``w = 1.17`` at the defaults).
         """
         w = torch.where(
-            r > _WINDOW_RADIUS, torch.asin(torch.clamp(_WINDOW_SIN / r, max=1.0)), math.inf
+            r > _WINDOW_RADIUS, torch.asin(torch.clamp(self._window() / r, max=1.0)), math.inf
         )
         return [
             (br.maximum(-w), (bl + 2 * math.pi).minimum(w), 1.0),
