@@ -54,6 +54,15 @@ def make(case: str):
     return OTHER[case]() if case in OTHER else get_toy(case)
 
 
+def box(toy) -> tuple[float, float]:
+    """The half-width and step of a grid that integrates the toy: its box at step 0.05, but
+    for the checkerboard a grid whose cells tile its squares (a midpoint rule on cells that
+    straddle an edge of a uniform density is off by the straddled share)."""
+    if isinstance(toy, Checkerboard):
+        return 2 * toy.scale, toy.scale / 40
+    return toy.bound, 0.05
+
+
 def grid(bound: float, h: float) -> tuple[torch.Tensor, float]:
     """Midpoints of an h-grid on [-bound, bound]^2 (B, 2) and the cell area."""
     m = round(2 * bound / h)
@@ -97,7 +106,7 @@ def test_moments_match_the_definition(name):
 @pytest.mark.parametrize("name", CASES)
 def test_density_integrates_to_one(name):
     toy = make(name)
-    pts, area = grid(toy.bound, 0.05)
+    pts, area = grid(*box(toy))
     mass = toy.log_prob(pts).exp().sum().item() * area
     assert abs(mass - 1) < 1e-3
 
@@ -106,8 +115,9 @@ def test_density_integrates_to_one(name):
 def test_histogram_agrees_with_the_density(name):
     """Chi-square test of 1e5 samples against the density integrated over 24 x 24 bins."""
     toy = make(name)
-    bins, sub = 24, 6
-    b = toy.bound
+    bins = 24
+    b = box(toy)[0]
+    sub = max(6, math.ceil(2 * b / bins / 0.05))  # midpoints at most 0.05 apart in each bin
     x = toy.sample(100_000, torch.Generator().manual_seed(4)).double().numpy()
     edges = np.linspace(-b, b, bins + 1)
     observed, _, _ = np.histogram2d(x[:, 0], x[:, 1], bins=[edges, edges])
@@ -267,7 +277,7 @@ def test_labelled_samples_are_the_samples_and_their_classes_have_the_class_probs
 @pytest.mark.parametrize("name", LABELLED_CASES)
 def test_each_class_integrates_to_one_and_their_mixture_is_the_density(name):
     toy = make(name)
-    pts, area = grid(toy.bound, 0.05)
+    pts, area = grid(*box(toy))
     y = torch.zeros(len(pts), dtype=torch.long)
     per = torch.stack([toy.log_prob(pts, y + k) for k in range(toy.classes)], 1)
     for k in range(toy.classes):
