@@ -86,6 +86,31 @@ def fourier_features(x: Tensor, b: Tensor | None) -> Tensor:
     return torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1)
 
 
+#: How Fourier frequencies are chosen: ``random`` draws them from N(0, scale^2) with the
+#: run's generator (a different set each seed); ``quasi`` takes the first points of an
+#: unscrambled Sobol sequence through the Gaussian quantile function, the same well-spread
+#: set for every seed.
+FOURIER_DRAWS = ("random", "quasi")
+
+
+def fourier_frequencies(n: int, dim: int, scale: float, draw: str = "random") -> Tensor:
+    """``n`` frequencies (n, dim) of standard deviation ``scale`` (see :data:`FOURIER_DRAWS`).
+
+    ``quasi`` skips the Sobol sequence's first point (the origin, whose quantile is
+    infinite) and maps the next ``n`` through the Gaussian quantile function, the first
+    coordinate through the half-normal one: a feature pair is the same for ``b`` and ``-b``
+    (up to the sine's sign), so frequencies in one half-space lose nothing, and the Sobol
+    sequence's antipodal pairs would otherwise give the same feature twice. A deterministic
+    set whose distribution tends to N(0, scale^2 I) folded onto that half-space with
+    discrepancy ``O(log(n)^dim / n)`` instead of a random draw's ``O(n^-1/2)``."""
+    check_choice("fourier_draw", draw, FOURIER_DRAWS)
+    if draw == "random" or n == 0:
+        return torch.randn(n, dim) * scale
+    u = torch.quasirandom.SobolEngine(dim, scramble=False).draw(n + 1, dtype=torch.float64)[1:]
+    u[:, 0] = (1 + u[:, 0]) / 2  # the half-normal quantile of u is Phi^-1((1 + u) / 2)
+    return (torch.special.ndtri(u) * scale).float()
+
+
 def check_fourier(fourier: int, fourier_scale: float) -> None:
     """Validate a number of Fourier features (an int >= 0) and their scale (> 0)."""
     check_int("fourier", fourier, 0)
@@ -162,6 +187,7 @@ class TimeMLP(nn.Module):
         zero_last: zero-initialise the last layer (the field starts at zero).
         fourier: number of random Fourier features of ``x`` (0: raw ``x`` only).
         fourier_scale: standard deviation of their frequencies (cycles per unit of ``x``).
+        fourier_draw: how the frequencies are chosen, :data:`FOURIER_DRAWS`.
         times: number of time inputs (MeanFlow's average velocity takes two, ``(t, r - t)``);
             with more than one, ``t`` is (B, times) or (times,) and each column is embedded.
         classes: number of classes of a conditional field (0: none). A learned embedding of
@@ -191,6 +217,7 @@ class TimeMLP(nn.Module):
         times: int = 1,
         classes: int = 0,
         class_dim: int = 16,
+        fourier_draw: str = "random",
     ) -> None:
         super().__init__()
         check_int("dim", dim, 1)
@@ -207,7 +234,8 @@ class TimeMLP(nn.Module):
         self.frequencies = frequencies
         embed_dim = times * (1 if time_embedding == "concat" else 1 + 2 * frequencies)
         # A buffer: saved with the weights, so a loaded model has the same features.
-        self.register_buffer("fourier_b", torch.randn(fourier, dim) * fourier_scale)
+        frequencies = fourier_frequencies(fourier, dim, fourier_scale, fourier_draw)
+        self.register_buffer("fourier_b", frequencies)
         if classes:
             # made after the frequencies, so an unconditional field draws the same ones
             self.class_embedding = nn.Embedding(classes + 1, class_dim)

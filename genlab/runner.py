@@ -65,6 +65,7 @@ def _check_config(cfg: DictConfig) -> None:
         )
     check_int("train.batch_size", cfg.train.batch_size, 1)
     check_int("seed", cfg.seed, 0, MAX_SEED)
+    check_int("train.data_seed", cfg.train.get("data_seed"), 0, MAX_SEED, none=True)
     check_int("threads", cfg.threads, 1, none=True)
     for key in ("plot_every", "checkpoint_every"):
         check_int(f"train.{key}", cfg.train[key], 0)
@@ -230,7 +231,7 @@ def build(
             toy,
             cfg.train,
             run_dir,
-            seed=cfg.seed,
+            seed=cfg.seed if cfg.train.get("data_seed") is None else cfg.train.data_seed,
             config=config,
             eval_seed=cfg.eval.seed,
             n_report=cfg.eval.n_w2,

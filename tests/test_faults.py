@@ -185,6 +185,7 @@ def test_a_real_full_disk_is_one_line_in_the_console_and_the_log(tmp_path):
     "override,message",
     [
         ("seed=-1", "seed must be an int in [0, 4294967295], got -1"),
+        ("train.data_seed=-2", "train.data_seed must be an int in [0, 4294967295] or null, got -2"),
         ("eval.n_test=0", "eval.n_test must be an int >= 2, got 0"),
         ("eval.n_w2=0", "eval.n_w2 must be an int >= 2, got 0"),
         ("eval.grid=0", "eval.grid must be an int >= 16, got 0"),
@@ -195,6 +196,19 @@ def test_every_value_is_checked_before_the_run_dir_exists(compose_cfg, tmp_path,
     with pytest.raises(ConfigError) as err:
         build(compose_cfg([*NICE, override]), tmp_path / "run", preflight=True)
     assert str(err.value) == message and not (tmp_path / "run").exists()
+
+
+def test_the_data_stream_follows_data_seed_alone(compose_cfg, tmp_path):
+    """``train.data_seed`` seeds the data stream whatever the run's seed, and without it the
+    stream follows the seed, as it always has."""
+
+    def stream(*overrides):
+        _, _, fit, _ = build(compose_cfg([*NICE, *overrides]), tmp_path / "run", preflight=True)
+        return fit.data_gen.get_state()
+
+    assert torch.equal(stream("seed=1", "train.data_seed=7"), stream("seed=2", "train.data_seed=7"))
+    assert torch.equal(stream("seed=7"), stream("seed=3", "train.data_seed=7"))
+    assert not torch.equal(stream("seed=1"), stream("seed=2"))
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.autograd.functional import jacobian
 
-from genlab.nn import ACTIVATIONS, MLP, TimeMLP, get_activation
+from genlab.nn import ACTIVATIONS, MLP, TimeMLP, fourier_frequencies, get_activation
 
 EMBEDDINGS = ["concat", "sinusoidal"]
 
@@ -166,3 +166,23 @@ def test_float32_and_devices_follow_the_input():
     x = torch.randn(4, 2)
     v, jac = field.forward_with_jacobian(torch.tensor(0.2, dtype=torch.float64), x)
     assert v.dtype == jac.dtype == torch.float32
+
+
+def test_quasi_fourier_frequencies_are_one_well_spread_set_for_every_seed():
+    torch.manual_seed(0)
+    first = fourier_frequencies(256, 2, 0.5, "quasi")
+    torch.manual_seed(1)
+    assert torch.equal(first, fourier_frequencies(256, 2, 0.5, "quasi"))
+    assert (first[:, 0] >= 0).all()  # one half-space: b and -b give the same features
+    # no frequency twice, none at zero, and the second moments of N(0, 0.5^2 I)
+    assert len(torch.unique(first, dim=0)) == 256 and first.norm(dim=1).min() > 0
+    assert torch.allclose(first.square().mean(0), torch.full((2,), 0.25), rtol=0.05)
+    # a random draw follows the run's generator, as it always has
+    torch.manual_seed(2)
+    drawn = fourier_frequencies(8, 1, 2.0)
+    torch.manual_seed(2)
+    assert torch.equal(drawn, torch.randn(8, 1) * 2.0)
+    net = TimeMLP(dim=2, fourier=16, fourier_scale=0.5, fourier_draw="quasi")
+    assert torch.equal(net.fourier_b, fourier_frequencies(16, 2, 0.5, "quasi"))
+    with pytest.raises(ValueError, match="unknown fourier_draw 'sobol'; choose one of: random"):
+        TimeMLP(dim=2, fourier=4, fourier_draw="sobol")

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from genlab.checks import check_int, check_positive
 from genlab.models import spline
-from genlab.nn import MLP, check_fourier, fourier_features
+from genlab.nn import MLP, check_fourier, fourier_features, fourier_frequencies
 
 __all__ = [
     "alternating",
@@ -76,7 +76,7 @@ class Coupling(nn.Module):
         n_a, self.n_b = len(range(dim)[self.a]), len(range(dim)[self.b])
         # A buffer: saved with the weights, so a loaded model has the same features. None
         # without features: a checkpoint without the buffer loads.
-        frequencies = torch.randn(fourier, n_a) * fourier_scale if fourier else None
+        frequencies = fourier_frequencies(fourier, n_a, fourier_scale) if fourier else None
         self.register_buffer("fourier_b", frequencies)
         out = self.n_b * self.params_per_dim
         self.m = MLP(n_a + 2 * fourier, out, hidden, depth, activation, zero_last=identity_init)
