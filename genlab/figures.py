@@ -54,8 +54,8 @@ class RunFigures:
         seed: the evaluation seed (the same data view and noise for every model).
         grid: points per side of the density grids (an eighth of it behind ``flow.gif``).
         animate: write ``flow.gif`` (``plots.animate``).
-        source: the name of the distribution a transport starts from; the titles and the
-            labels of the paths name it when it is not the Gaussian noise.
+        source: the name (a toy's label) of the distribution a transport starts from; the
+            titles and the labels of the paths name it when it is not the Gaussian noise.
     """
 
     def __init__(

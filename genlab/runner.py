@@ -251,8 +251,9 @@ def build(
     return toy, model, fit, logger
 
 
-def _json_constants(constants: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in constants.items()}
+def _source_toy(model: Model):
+    """The toy a transport starts from, ``None`` for its own noise (or a plug-in model's)."""
+    return getattr(getattr(model, "prior", None), "distribution", None)
 
 
 def _fit_and_evaluate(cfg, toy, model: Model, fit: Fit, figures: RunFigures, run_log) -> dict:
@@ -262,10 +263,9 @@ def _fit_and_evaluate(cfg, toy, model: Model, fit: Fit, figures: RunFigures, run
 
     source = getattr(model, "source", "gaussian")  # a plug-in model may not say
     out = {"model": model.name, "data": toy.name, "source": source}
-    source_toy = getattr(getattr(model, "prior", None), "distribution", None)
-    for key, each in (("data_constants", toy), ("source_constants", source_toy)):
+    for key, each in (("data_constants", toy), ("source_constants", _source_toy(model))):
         if getattr(each, "custom", None):  # a toy off its default constants says which
-            out[key] = _json_constants(each.custom)
+            out[key] = each.custom
     out.update(seed=cfg.seed, device=str(device))
     if getattr(model, "classes", 0):
         out["classes"] = model.classes  # a conditional model, scored class by class too
@@ -323,7 +323,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, sweep: str | None 
         seed=cfg.eval.seed,
         grid=cfg.eval.grid,
         animate=cfg.plots.animate,
-        source=getattr(model, "source", "gaussian"),
+        source=getattr(_source_toy(model), "label", getattr(model, "source", "gaussian")),
     )
     try:
         with RunLock(run_dir), RunLog(logger, fit, sweep) as run_log:
