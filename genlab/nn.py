@@ -93,7 +93,9 @@ def fourier_features(x: Tensor, b: Tensor | None) -> Tensor:
 FOURIER_DRAWS = ("random", "quasi")
 
 
-def fourier_frequencies(n: int, dim: int, scale: float, draw: str = "random") -> Tensor:
+def fourier_frequencies(
+    n: int, dim: int, scale: float, draw: str = "random", block: int = 0
+) -> Tensor:
     """``n`` frequencies (n, dim) of standard deviation ``scale`` (see :data:`FOURIER_DRAWS`).
 
     ``quasi`` skips the Sobol sequence's first point (the origin, whose quantile is
@@ -102,11 +104,16 @@ def fourier_frequencies(n: int, dim: int, scale: float, draw: str = "random") ->
     (up to the sine's sign), so frequencies in one half-space lose nothing, and the Sobol
     sequence's antipodal pairs would otherwise give the same feature twice. A deterministic
     set whose distribution tends to N(0, scale^2 I) folded onto that half-space with
-    discrepancy ``O(log(n)^dim / n)`` instead of a random draw's ``O(n^-1/2)``."""
+    discrepancy ``O(log(n)^dim / n)`` instead of a random draw's ``O(n^-1/2)``.
+
+    ``block``: the ``block``-th run of ``n`` points of the sequence (``quasi`` only), so that
+    the layers of a stack (the couplings of a flow) read different frequencies whose union is
+    as well spread as one set."""
     check_choice("fourier_draw", draw, FOURIER_DRAWS)
     if draw == "random" or n == 0:
         return torch.randn(n, dim) * scale
-    u = torch.quasirandom.SobolEngine(dim, scramble=False).draw(n + 1, dtype=torch.float64)[1:]
+    sobol = torch.quasirandom.SobolEngine(dim, scramble=False)
+    u = sobol.draw(1 + (block + 1) * n, dtype=torch.float64)[1 + block * n :]
     u[:, 0] = (1 + u[:, 0]) / 2  # the half-normal quantile of u is Phi^-1((1 + u) / 2)
     return (torch.special.ndtri(u) * scale).float()
 

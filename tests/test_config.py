@@ -72,11 +72,15 @@ def test_compare_experiment_sweeps_everything_on_a_time_budget():
     assert params.model == params.data == "glob(*)"  # every option of each group
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.plots.animate is False  # no flow.gif: every second goes to training
+    assert params.seed == "0,1,2"  # three seeds a cell, for its median and range
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"].endswith("_seed${seed}")
     # every model gets the same minute a training stage; the distilled flow trains two (the
-    # flow, then its distillation): with ten models the sweep trains for 44 minutes
+    # flow, then its distillation): with ten models and three seeds the sweep trains for
+    # 132 minutes on two cores
     assert cfg.train.max_seconds == 60
     rounds = len(MODELS) + 1
-    assert cfg.train.max_seconds * rounds * len(DATASETS) / cfg.hydra.launcher.n_jobs <= 2640
+    seconds = cfg.train.max_seconds * rounds * len(DATASETS) * 3 / cfg.hydra.launcher.n_jobs
+    assert seconds <= 7920
 
 
 def test_story_experiment_sweeps_diffusion_the_rectified_flow_and_the_one_step_generators():

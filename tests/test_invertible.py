@@ -88,6 +88,20 @@ def test_log_det_equals_autograds_slogdet(name, x64):
         assert abs(jacobian_log_det(layer, point) - ld.item()) < 1e-8
 
 
+@pytest.mark.parametrize("name", list(FLOWS))
+def test_quasi_frequencies_are_one_set_for_every_seed_and_differ_by_coupling(name, x64):
+    flow = small_flow(name, fourier_draw="quasi")
+    torch.manual_seed(0)
+    first = [m.fourier_b for m in flow().modules() if getattr(m, "fourier_b", None) is not None]
+    torch.manual_seed(1)
+    again = [m.fourier_b for m in flow().modules() if getattr(m, "fourier_b", None) is not None]
+    assert len(first) == len(again) >= 2 and all(map(torch.equal, first, again))
+    assert len(torch.unique(torch.cat(first))) == 4 * len(first)  # each coupling its own run
+    model = randomize(flow, 0)
+    z, _ = model.forward(x64)
+    assert (model.inverse(z) - x64).abs().max() < 1e-10
+
+
 @pytest.mark.parametrize("prior", ["normal", "logistic"])
 @pytest.mark.parametrize("name", list(FLOWS))
 def test_flow_density_integrates_to_one(name, prior):

@@ -186,3 +186,11 @@ def test_quasi_fourier_frequencies_are_one_well_spread_set_for_every_seed():
     assert torch.equal(net.fourier_b, fourier_frequencies(16, 2, 0.5, "quasi"))
     with pytest.raises(ValueError, match="unknown fourier_draw 'sobol'; choose one of: random"):
         TimeMLP(dim=2, fourier=4, fourier_draw="sobol")
+
+
+def test_quasi_blocks_are_consecutive_runs_of_one_sequence():
+    whole = fourier_frequencies(64, 1, 0.5, "quasi")
+    blocks = [fourier_frequencies(16, 1, 0.5, "quasi", block=k) for k in range(4)]
+    assert torch.equal(torch.cat(blocks), whole)  # the union is the first 64 points
+    assert torch.equal(blocks[0], fourier_frequencies(16, 1, 0.5, "quasi"))
+    assert not torch.equal(blocks[0], blocks[1])

@@ -31,6 +31,8 @@ class Glow(InvertibleFlow):
         identity_init: start every coupling as the identity (zero last layers).
         fourier, fourier_scale: random Fourier features of ``x_a`` that each conditioner reads
             beside ``x_a`` (0: none); see :class:`genlab.models.layers.Coupling`.
+        fourier_draw: how their frequencies are chosen (``random`` | ``quasi``; each coupling
+            takes its own run of the quasi-random sequence).
 
     References:
         Kingma, Dhariwal. "Glow: Generative Flow with Invertible 1x1 Convolutions" (NeurIPS 2018).
@@ -50,11 +52,22 @@ class Glow(InvertibleFlow):
         identity_init: bool = False,
         fourier: int = 16,
         fourier_scale: float = 0.5,
+        fourier_draw: str = "random",
     ) -> None:
         check_int("steps", steps, 1)
-        conditioner = (hidden, depth, activation, identity_init, fourier, fourier_scale)
+        conditioner = (
+            hidden,
+            depth,
+            activation,
+            identity_init,
+            fourier,
+            fourier_scale,
+            fourier_draw,
+        )
         layers = []
         for k in range(steps):  # LU's random start and the coupling's draws, step by step
-            coupling = AffineCoupling(dim, k % 2, *conditioner, scale_bound=scale_bound)
+            coupling = AffineCoupling(
+                dim, k % 2, *conditioner, fourier_block=k, scale_bound=scale_bound
+            )
             layers += [ActNorm(dim), LULinear(dim), coupling]
         super().__init__(dim, layers, prior)

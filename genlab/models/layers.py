@@ -54,6 +54,9 @@ class Coupling(nn.Module):
         fourier: random Fourier features of ``x_a`` that ``m`` reads beside ``x_a`` (0: ``x_a``
             only); ``m`` still depends on ``x_a`` alone, so the inverse stays exact.
         fourier_scale: standard deviation of their frequencies (cycles per unit of ``x_a``).
+        fourier_draw: how they are chosen, :data:`genlab.nn.FOURIER_DRAWS`.
+        fourier_block: which run of the quasi-random sequence they take (the layer's index in
+            its stack, so that the layers read different frequencies).
     """
 
     params_per_dim = 1
@@ -68,6 +71,8 @@ class Coupling(nn.Module):
         identity_init: bool = False,
         fourier: int = 0,
         fourier_scale: float = 1.0,
+        fourier_draw: str = "random",
+        fourier_block: int = 0,
     ) -> None:
         super().__init__()
         check_fourier(fourier, fourier_scale)
@@ -76,7 +81,11 @@ class Coupling(nn.Module):
         n_a, self.n_b = len(range(dim)[self.a]), len(range(dim)[self.b])
         # A buffer: saved with the weights, so a loaded model has the same features. None
         # without features: a checkpoint without the buffer loads.
-        frequencies = fourier_frequencies(fourier, n_a, fourier_scale) if fourier else None
+        frequencies = (
+            fourier_frequencies(fourier, n_a, fourier_scale, fourier_draw, fourier_block)
+            if fourier
+            else None
+        )
         self.register_buffer("fourier_b", frequencies)
         out = self.n_b * self.params_per_dim
         self.m = MLP(n_a + 2 * fourier, out, hidden, depth, activation, zero_last=identity_init)
@@ -114,12 +123,12 @@ def alternating(
         coupling: the coupling class.
         count: how many (an int >= 1; the error names it ``couplings``).
         dim: dimension of the points.
-        conditioner: ``hidden, depth, activation, identity_init, fourier, fourier_scale``, as
-            in :class:`Coupling`.
+        conditioner: ``hidden, depth, activation, identity_init, fourier, fourier_scale,
+            fourier_draw``, as in :class:`Coupling`; the k-th coupling's ``fourier_block`` is k.
         options: the coupling's own keywords (``scale_bound``, ``bins``, ``bound``).
     """
     check_int("couplings", count, 1)
-    return [coupling(dim, k % 2, *conditioner, **options) for k in range(count)]
+    return [coupling(dim, k % 2, *conditioner, fourier_block=k, **options) for k in range(count)]
 
 
 class AdditiveCoupling(Coupling):

@@ -29,6 +29,8 @@ class NICE(InvertibleFlow):
         prior: ``normal`` or ``logistic``.
         fourier, fourier_scale: random Fourier features of ``x_a`` that each coupling MLP
             reads beside ``x_a`` (see :class:`AdditiveCoupling`; 0: none).
+        fourier_draw: how their frequencies are chosen (``random`` | ``quasi``; each coupling
+            takes its own run of the quasi-random sequence).
         identity_init: start every coupling as the identity (zero last layers). Off by default:
             from torch's default initialisation NICE fits thin structure (2spirals) better in a
             short budget. On rings and circles ``E[x_b | x_a] = 0`` in every frame, which pulls
@@ -53,8 +55,17 @@ class NICE(InvertibleFlow):
         identity_init: bool = False,
         fourier: int = 16,
         fourier_scale: float = 0.5,
+        fourier_draw: str = "random",
     ) -> None:
-        conditioner = (hidden, depth, activation, identity_init, fourier, fourier_scale)
+        conditioner = (
+            hidden,
+            depth,
+            activation,
+            identity_init,
+            fourier,
+            fourier_scale,
+            fourier_draw,
+        )
         shears = alternating(AdditiveCoupling, couplings, dim, *conditioner)
         super().__init__(dim, [*shears, DiagonalScaling(dim)], prior)
         self._register_load_state_dict_pre_hook(_rename_old_keys)

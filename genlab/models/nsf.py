@@ -29,6 +29,8 @@ class NSF(InvertibleFlow):
         identity_init: start every coupling as the identity (zero last layers).
         fourier, fourier_scale: random Fourier features of ``x_a`` that each conditioner reads
             beside ``x_a`` (0: none); see :class:`genlab.models.layers.Coupling`.
+        fourier_draw: how their frequencies are chosen (``random`` | ``quasi``; each coupling
+            takes its own run of the quasi-random sequence).
 
     References:
         Durkan, Bekasov, Murray, Papamakarios. "Neural Spline Flows" (NeurIPS 2019).
@@ -49,7 +51,16 @@ class NSF(InvertibleFlow):
         identity_init: bool = True,
         fourier: int = 16,
         fourier_scale: float = 0.5,
+        fourier_draw: str = "random",
     ) -> None:
-        conditioner = (hidden, depth, activation, identity_init, fourier, fourier_scale)
+        conditioner = (
+            hidden,
+            depth,
+            activation,
+            identity_init,
+            fourier,
+            fourier_scale,
+            fourier_draw,
+        )
         layers = alternating(SplineCoupling, couplings, dim, *conditioner, bins=bins, bound=bound)
         super().__init__(dim, layers, prior)

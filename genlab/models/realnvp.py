@@ -27,6 +27,8 @@ class RealNVP(InvertibleFlow):
         identity_init: start every coupling as the identity (zero last layers).
         fourier, fourier_scale: random Fourier features of ``x_a`` that each conditioner reads
             beside ``x_a`` (0: none); see :class:`genlab.models.layers.Coupling`.
+        fourier_draw: how their frequencies are chosen (``random`` | ``quasi``; each coupling
+            takes its own run of the quasi-random sequence).
 
     References:
         Dinh, Sohl-Dickstein, Bengio. "Density estimation using Real NVP" (ICLR 2017).
@@ -46,7 +48,16 @@ class RealNVP(InvertibleFlow):
         identity_init: bool = False,
         fourier: int = 16,
         fourier_scale: float = 0.5,
+        fourier_draw: str = "random",
     ) -> None:
-        conditioner = (hidden, depth, activation, identity_init, fourier, fourier_scale)
+        conditioner = (
+            hidden,
+            depth,
+            activation,
+            identity_init,
+            fourier,
+            fourier_scale,
+            fourier_draw,
+        )
         layers = alternating(AffineCoupling, couplings, dim, *conditioner, scale_bound=scale_bound)
         super().__init__(dim, layers, prior)
