@@ -343,6 +343,65 @@ def seed_groups(runs: list[dict]) -> list[list[dict]]:
     ]
 
 
+def setting_labels(groups: list[list[dict]]) -> list[str]:
+    """A short name for each group's setting: its model, then the overrides that tell it from
+    the other groups, so ``nice (model.fourier_draw=quasi)`` stands beside ``nice``. Left out:
+    the overrides every group shares, ``seed=``, and those the model and data names already
+    carry (``model=``, ``data=``, ``source=``, ``conditional=`` and a toy's constants)."""
+
+    def named(override):
+        key = override.lstrip("+~").split("=")[0]
+        return key in ("model", "data", "seed", "source", "conditional") or key.startswith(
+            ("data.", "source.")
+        )
+
+    def extras(group):
+        return [o for o in (group[0].get("setting") or ())[2:] if not named(o)]
+
+    lists = [extras(g) for g in groups]
+    shared = set.intersection(*map(set, lists)) if lists else set()
+    labels = []
+    for group, extra in zip(groups, lists, strict=True):
+        own = [o for o in extra if o not in shared]
+        labels.append(group[0]["model"] + (f" ({', '.join(own)})" if own else ""))
+    return labels
+
+
+def order_markdown(groups: list[list[dict]], labels: list[str]) -> str:
+    """Per data set, its settings in order of median KL, cut into tiers only where the seeds'
+    ranges do not overlap: every KL before a ``<`` is below every KL after it, so an order is
+    stated only where no seed would reverse it. Settings with fewer than two seeds, or no
+    density, take no part; the empty string when no data set has two such settings."""
+    by_data: dict[str, list[tuple[list[float], str]]] = {}
+    for group, label in zip(groups, labels, strict=True):
+        kls = [m["kl"] for m in group if _is_number(m.get("kl"))]
+        if len(kls) > 1 and len(kls) == len(group):
+            by_data.setdefault(group[0]["data"], []).append((kls, label))
+    lines = []
+    for data, entries in by_data.items():
+        if len(entries) < 2:
+            continue
+        entries.sort(key=lambda e: float(np.median(e[0])))
+        tiers, tier, worst = [], [], -np.inf
+        for i, (kls, label) in enumerate(entries):
+            rest = min(k for e in entries[i:] for k in e[0])
+            if tier and worst < rest:  # everything so far lies below everything from here
+                tiers.append(tier)
+                tier = []
+            tier.append(label)
+            worst = max(worst, max(kls))
+        tiers.append(tier)
+        lines.append(f"- {data}: " + " < ".join(", ".join(t) for t in tiers))
+    if not lines:
+        return ""
+    return (
+        "\nOrder by median KL, lowest first; `<` only where every seed of the settings before it "
+        "has a lower KL than every seed of those after it (`,` where the ranges overlap):\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def _rank_key(group: list[dict]) -> str:
     """What ranks a group's runs: the KL, or W2 for a model without a density."""
     return "kl" if all(_is_number(m.get("kl")) for m in group) else "w2"
@@ -494,7 +553,9 @@ def seeds_markdown(runs: list[dict]) -> str:
     medians, slow = speeds(runs)
     slow_runs = {id(runs[i]) for i in slow}
     rows = []
-    for group in seed_groups(runs):
+    groups = seed_groups(runs)
+    labels = setting_labels(groups)
+    for group, label in zip(groups, labels, strict=True):
         first, kls = group[0], [m["kl"] for m in group if _is_number(m.get("kl"))]
         kl = _fmt(float(np.median(kls))) if kls else ""
         if len(kls) > 1:
@@ -505,7 +566,7 @@ def seeds_markdown(runs: list[dict]) -> str:
         steps = _fmt(_median(group, "steps"), 0)
         row = (
             first["data"],
-            first["model"],
+            label,
             ", ".join(_fmt(m.get("seed")) for m in group),
             kl,
             _fmt(first.get("nice_floor"), 4),
@@ -523,7 +584,8 @@ def seeds_markdown(runs: list[dict]) -> str:
         "median W2 beside the median floor, and median costs; the gallery shows the run of "
         "median KL. `leaderboard.csv` holds every run.\n"
     )
-    return _table(head, rows) + note + speed_markdown(runs, medians, slow)
+    order = order_markdown(groups, labels)
+    return _table(head, rows) + note + order + speed_markdown(runs, medians, slow)
 
 
 def _toy(root: Path, runs: list[dict]):

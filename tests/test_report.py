@@ -19,8 +19,10 @@ from genlab.report import (
     leaderboard_markdown,
     main,
     median_run,
+    order_markdown,
     quality_points,
     seed_groups,
+    setting_labels,
     write_report,
 )
 from tests.conftest import tiny_sweep
@@ -340,3 +342,40 @@ def test_runs_of_other_settings_are_never_merged_as_seeds(tmp_path):
     assert len(seed_groups(runs)) == 2
     board = leaderboard_markdown(runs)
     assert "| KL (nats) |" in board and board.count("| moons | nice |") == 2
+
+
+def test_settings_are_labelled_by_the_overrides_that_tell_them_apart(tmp_path):
+    for seed in (0, 1):
+        for job, draw in enumerate(("random", "quasi")):
+            name = f"{2 * seed + job}_nice_moons"
+            extra = ("experiment=compare", f"model.fourier_draw={draw}")
+            seeded_run(tmp_path, name, "nice", "moons", seed, 0.1 + job, 2 * seed + job, *extra)
+    runs, _ = collect(tmp_path)
+    groups = seed_groups(runs)
+    labels = setting_labels(groups)
+    assert labels == ["nice (model.fourier_draw=random)", "nice (model.fourier_draw=quasi)"]
+    board = leaderboard_markdown(runs)
+    assert "| moons | nice (model.fourier_draw=quasi) | 0, 1 |" in board
+
+
+def test_the_order_of_settings_is_stated_only_where_their_seed_ranges_do_not_overlap(tmp_path):
+    kls = {  # moons: cnf and rf overlap, nice lies above both; rings: a single run takes no part
+        ("cnf", "moons"): (0.10, 0.12, 0.30),
+        ("rectified_flow", "moons"): (0.11, 0.13, 0.14),
+        ("nice", "moons"): (0.31, 0.40, 0.50),
+        ("cnf", "rings"): (0.2,),
+        ("nice", "rings"): (0.1, 0.3),
+    }
+    job = 0
+    for (model, data), values in kls.items():
+        for seed, kl in enumerate(values):
+            seeded_run(tmp_path, f"{job}_{model}_{data}", model, data, seed, kl, job)
+            job += 1
+    runs, _ = collect(tmp_path)
+    groups = seed_groups(runs)
+    order = order_markdown(groups, setting_labels(groups))
+    assert "- moons: cnf, rectified_flow < nice\n" in order
+    assert "rings" not in order  # only one of its settings has two seeds
+    assert order in leaderboard_markdown(runs)
+    one_seed = [g[:1] for g in groups]
+    assert order_markdown(one_seed, setting_labels(one_seed)) == ""
