@@ -236,6 +236,7 @@ class _Dynamics(nn.Module):
         noise: Tensor | None = None,
         regularize: bool = False,
         sign: float = 1.0,
+        escape: float | None = None,
     ) -> None:
         super().__init__()
         self.field = field
@@ -246,6 +247,7 @@ class _Dynamics(nn.Module):
         self.noise = noise
         self.regularize = regularize
         self.sign = sign
+        self.escape = escape
         self.nfe = 0
         self.steps = 0
         self.adjoint_steps = 0
@@ -257,6 +259,9 @@ class _Dynamics(nn.Module):
         if not self.logdet:
             return self.field(t, state)
         v, div, frob = divergence(self.field, t, state[0], method=self.method, noise=self.noise)
+        if self.escape is not None:  # rows that left the box stop where they are
+            gone = state[0].abs().amax(-1) > self.escape
+            v, div = v.masked_fill(gone[:, None], 0.0), div.masked_fill(gone, 0.0)
         if not self.regularize:
             return v, div
         return v, div, self.sign * v.pow(2).sum(-1), self.sign * frob
@@ -395,6 +400,7 @@ def transport_logdet(
     regularize: bool = False,
     generator: torch.Generator | None = None,
     counter: NFECounter | None = None,
+    escape: float | None = None,
 ) -> Solution:
     """Integrate ``x`` and its log-density change along ``dx/dt = v(t, x)``.
 
@@ -420,12 +426,20 @@ def transport_logdet(
             reported as non-negative integrals over the interval whatever its direction.
         generator: random generator for the Hutchinson probe.
         counter: optional running count of velocity evaluations (adjoint backward included).
+        escape: a radius: a row whose state leaves the box ``|x|_inf <= escape`` stops there
+            (its velocity and divergence are taken as 0 from then on), so that the solve goes
+            on for the other rows; such a row ends outside the box, and its ``delta_logp`` is
+            not the integral. For a screen only: a path that runs off to infinity makes the
+            adaptive step underflow (a field of Fourier features oscillates on the scale of
+            its frequencies however far out it is), and fails the solve of the whole batch.
 
     Returns:
         A :class:`Solution` with ``x`` (B, D) at ``t1``, ``delta_logp`` (B,), and with
         ``regularize`` also ``kinetic`` and ``jacobian_frobenius`` (B,).
     """
     _check_inputs(field, x, solver)
+    if escape is not None:
+        check_positive("escape", escape)
     check_choice("divergence", divergence, DIVERGENCES)
     ts = _time_grid(t0, t1, None, x)
     noise = _rademacher(x, generator) if divergence == "hutchinson" else None
@@ -438,6 +452,7 @@ def transport_logdet(
         noise=noise,
         regularize=regularize,
         sign=1.0 if t1 > t0 else -1.0,
+        escape=escape,
     )
     zeros = x.new_zeros(x.shape[0])
     y0 = (x, zeros, zeros, zeros) if regularize else (x, zeros)

@@ -57,6 +57,32 @@ def test_the_screen_solves_exactly_every_point_a_figure_can_show(flow):
     assert SCREEN_TOLERANCE > flow.likelihood.rtol  # the screen is the cheaper solve
 
 
+def test_a_point_whose_screening_path_runs_off_is_empty_and_spares_the_others(flow):
+    """Far outside the data a field that was never trained there can send a point to
+    infinity on its way back to the noise: the screen gives that point -inf instead of
+    failing the whole grid, and the points a figure shows keep their exact log-density."""
+
+    class RunsOff(torch.nn.Module):  # v = -x (|x| - 5) beyond |x| = 5: runs off backwards
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))  # the model's device and dtype
+
+        def forward(self, t, x):
+            return -x * (x.abs() - 5.0).clamp(min=0.0) + 0 * self.anchor
+
+    flow.velocity = RunsOff()
+    flow.ema = None
+    x = torch.tensor([[0.0, 0.0], [1.0, -0.5], [6.0, 0.0], [5.5, 5.5]])
+    floor = -math.log(8.0**2) - FLOOR_NATS
+    screen = flow.likelihood.replace(atol=SCREEN_TOLERANCE, rtol=SCREEN_TOLERANCE)
+    with pytest.raises(RuntimeError, match="ODE solve"):
+        flow.log_prob(x, solver=screen)  # the screen without its box
+    shown = flow.figure_log_prob(x, floor=floor)
+    assert torch.isneginf(shown[2:]).all()
+    prior = torch.distributions.Normal(0.0, 1.0).log_prob(x[:2]).sum(-1)  # v = 0 inside |x| <= 5
+    torch.testing.assert_close(shown[:2], prior.to(shown.dtype), rtol=0, atol=1e-5)
+
+
 def test_a_run_solves_each_p_t_grid_once(compose_cfg, tmp_path, monkeypatch):
     """density.png's grid gives the t=1 snapshot, and the snapshots give flow.gif's frames at
     their times: only the other times are solved."""

@@ -402,6 +402,28 @@ def test_bad_calls_raise():
         transport(field, x[0])
 
 
+def test_an_escape_radius_stops_the_rows_that_run_off_and_solves_the_others():
+    """v = -x|x| backwards in time is dx/ds = x|x| (s = 1 - t): a coordinate with |x| < 1
+    reaches x / (1 - |x|) at t=0 with delta_logp = -2 sum log(1 - |x|), one with |x| >= 1
+    runs off to infinity before t=0 and fails the adaptive solve of the whole batch."""
+
+    def field(t, x):
+        return -x * x.abs()
+
+    x = torch.tensor([[0.2, -0.3], [3.0, 0.1], [-0.5, 0.4]], dtype=F64)
+    solver = Solver(atol=1e-9, rtol=1e-9)
+    with pytest.raises(RuntimeError, match="ODE solve"):
+        transport_logdet(field, x, solver=solver)
+    sol = transport_logdet(field, x, solver=solver, escape=1e3)
+    kept = [0, 2]
+    torch.testing.assert_close(sol.x[kept], x[kept] / (1 - x[kept].abs()), rtol=0, atol=1e-7)
+    exact = -2 * torch.log1p(-x[kept].abs()).sum(-1)
+    torch.testing.assert_close(sol.delta_logp[kept], exact, rtol=0, atol=1e-7)
+    assert sol.x[1].abs().max() > 1e3 and torch.isfinite(sol.x).all()
+    with pytest.raises(ValueError, match="escape must be > 0, got -1.0"):
+        transport_logdet(field, x, escape=-1.0)
+
+
 def test_max_steps_exceeded_fails_fast():
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match=r"exceeded max_steps=10 \(dopri5, atol=1e-05"):

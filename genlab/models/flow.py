@@ -13,6 +13,7 @@ References:
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,10 @@ __all__ = ["EMA", "ContinuousFlow", "Guided", "SCREEN_TOLERANCE"]
 
 #: The tolerance of the screening solve of :meth:`ContinuousFlow.figure_log_prob`.
 SCREEN_TOLERANCE = 1e-2
+#: Its box: a path that runs past this many times the largest screened coordinate (and 1)
+#: stops there and its point takes the log-density -inf. At that distance the prior's
+#: log-density is below -(100 |x|)^2 / 2 (-5,000 nats for |x| = 1), so no colour is lost.
+SCREEN_ESCAPE = 100.0
 
 
 class EMA(nn.Module):
@@ -368,6 +373,11 @@ class ContinuousFlow(Model, Transport):
         solver). ``y``: the classes of a conditional flow, for ``log q(x | y)`` of its unguided
         conditional field; ``None``: the null class's density. Returns (B,).
         """
+        return self._log_prob(x, t, solver, y)
+
+    def _log_prob(self, x, t, solver, y, escape: float | None = None) -> Tensor:
+        """:meth:`log_prob`; with ``escape`` (see :func:`genlab.ode.transport_logdet`), -inf
+        at the points whose backward path leaves the box ``|x|_inf <= escape``."""
         check_points(x, self.dim)
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"t must lie in [0, 1], got {t!r}")
@@ -375,8 +385,13 @@ class ContinuousFlow(Model, Transport):
             return self.prior.log_prob(x)
         solver = solver or self.likelihood
         field = self._given(y, len(x))
-        sol = transport_logdet(field, x, t, 0.0, solver, divergence="exact", counter=self.counter)
-        return self.prior.log_prob(sol.x) + sol.delta_logp
+        sol = transport_logdet(
+            field, x, t, 0.0, solver, divergence="exact", counter=self.counter, escape=escape
+        )
+        out = self.prior.log_prob(sol.x) + sol.delta_logp
+        if escape is not None:
+            out = out.masked_fill(sol.x.abs().amax(-1) > escape, -math.inf)
+        return out
 
     def figure_log_prob(self, x: Tensor, t: float = 1.0, floor: float | None = None) -> Tensor:
         """:meth:`log_prob` for a figure, whose colours show nothing far below the peak.
@@ -386,11 +401,15 @@ class ContinuousFlow(Model, Transport):
         ``min(screen, floor)``. Far from the data the flow is stiff: the points that no colour
         shows cost most of an exact solve (on diffusion's grid, a quarter of the points took
         four fifths of the steps), and the screen's error there, a few nats, is far smaller
-        than the margin the figures keep (:data:`genlab.figures.FLOOR_NATS`)."""
+        than the margin the figures keep (:data:`genlab.figures.FLOOR_NATS`). A point whose
+        screening path runs off (past :data:`SCREEN_ESCAPE` times the grid's reach) gets -inf
+        there instead of failing the screen of every point: far outside the data, a field
+        the data never trained can send a point to infinity, where its density is 0."""
         if floor is None:
             return self.log_prob(x, t)
         screen = self.likelihood.replace(atol=SCREEN_TOLERANCE, rtol=SCREEN_TOLERANCE)
-        out = self.log_prob(x, t, screen).clamp(max=floor)
+        escape = SCREEN_ESCAPE * max(1.0, float(x.abs().max())) if len(x) else None
+        out = self._log_prob(x, t, screen, None, escape).clamp(max=floor)
         shown = out >= floor
         if shown.any():
             out[shown] = self.log_prob(x[shown], t).to(out.dtype)
