@@ -52,7 +52,7 @@ class Glow(InvertibleFlow):
         identity_init: bool = False,
         fourier: int = 16,
         fourier_scale: float = 0.5,
-        fourier_draw: str = "random",
+        fourier_draw: str = "quasi",
     ) -> None:
         check_int("steps", steps, 1)
         conditioner = (

@@ -51,7 +51,7 @@ class NSF(InvertibleFlow):
         identity_init: bool = True,
         fourier: int = 16,
         fourier_scale: float = 0.5,
-        fourier_draw: str = "random",
+        fourier_draw: str = "quasi",
     ) -> None:
         conditioner = (
             hidden,

@@ -48,7 +48,7 @@ class RealNVP(InvertibleFlow):
         identity_init: bool = False,
         fourier: int = 16,
         fourier_scale: float = 0.5,
-        fourier_draw: str = "random",
+        fourier_draw: str = "quasi",
     ) -> None:
         conditioner = (
             hidden,
