@@ -242,6 +242,52 @@ def test_lu_linear_starts_as_a_rotation_with_fixed_signs():
     assert sum(p.numel() for p in layer.parameters()) == 4  # 1 + 1 + 2 in 2D
 
 
+@pytest.mark.parametrize("start", ["fixed", "identity", "even"])
+def test_lu_linear_starts_that_do_not_depend_on_the_seed(start):
+    """``fixed``, ``identity`` and ``even`` give every seed the same start; ``fixed`` is a
+    rotation that differs from block to block, and ``random`` draws from the global generator."""
+    torch.manual_seed(11)
+    a = LULinear(2, start, block=3, blocks=8).double()
+    torch.manual_seed(12)
+    b = LULinear(2, start, block=3, blocks=8).double()
+    w = a.weight()
+    assert torch.equal(w, b.weight())
+    assert torch.allclose(w @ w.T, torch.eye(2, dtype=w.dtype), atol=1e-6)
+    if start == "identity":
+        assert torch.equal(w, torch.eye(2, dtype=w.dtype))
+    elif start == "fixed":
+        assert not torch.allclose(w, LULinear(2, start, block=4).double().weight())
+    else:  # a proper rotation by pi / 8
+        assert torch.allclose(w[1, 0], torch.tensor(math.sin(math.pi / 8), dtype=w.dtype))
+        assert torch.det(w).item() == pytest.approx(1.0)
+    torch.manual_seed(11)
+    r = LULinear(2, "random", block=3).weight()
+    torch.manual_seed(12)
+    assert not torch.allclose(r, LULinear(2, "random", block=3).weight())
+
+
+def test_even_rotations_spread_a_glow_stacks_coupling_directions_over_the_half_circle():
+    """In Glow's data-to-latent order coupling k transforms coordinate ``k % 2`` of
+    ``R^(k+1) x``: with ``R`` a rotation by ``pi / steps`` those directions (mod pi) start
+    as ``steps`` evenly spaced ones."""
+    steps = 8
+    glow = Glow(steps=steps, linear_start="even").double()
+    frame = torch.eye(2, dtype=torch.float64)
+    angles = []
+    for k, layer in enumerate(m for m in glow.layers if isinstance(m, LULinear)):
+        frame = layer.weight().detach() @ frame
+        row = frame[k % 2]  # the transformed coordinate is row . x
+        angles.append(round(math.degrees(math.atan2(row[1], row[0])), 3) % 180)
+    assert sorted(angles) == pytest.approx([180 / steps * i for i in range(steps)], abs=1e-3)
+
+
+def test_lu_linear_names_a_bad_start():
+    with pytest.raises(ValueError, match="linear_start.*'rotation'"):
+        LULinear(2, "rotation")
+    with pytest.raises(ValueError, match="'even' is defined in 2D; dim is 3"):
+        LULinear(3, "even")
+
+
 # ----------------------------------------------------------------------------- NICE's keys
 def test_a_nice_checkpoint_with_the_old_layer_names_loads():
     """NICE kept its layers as ``couplings.<k>`` and ``scaling`` before every flow was one

@@ -29,6 +29,11 @@ class Glow(InvertibleFlow):
         scale_bound: each log-scale is softly clamped to ``(-scale_bound, scale_bound)``.
         prior: ``normal`` or ``logistic``.
         identity_init: start every coupling as the identity (zero last layers).
+        linear_start: how each linear map starts: ``even`` (2D), a rotation by
+            ``pi / steps``, which spreads the directions the couplings transform evenly over
+            the half-circle, the same for every seed; ``random``, a rotation drawn with the
+            seed (Glow's own start); ``fixed``, a rotation per step drawn once for every seed;
+            ``identity``. See :class:`genlab.models.layers.LULinear`.
         fourier, fourier_scale: random Fourier features of ``x_a`` that each conditioner reads
             beside ``x_a`` (0: none); see :class:`genlab.models.layers.Coupling`.
         fourier_draw: how their frequencies are chosen (``random`` | ``quasi``; each coupling
@@ -50,6 +55,7 @@ class Glow(InvertibleFlow):
         scale_bound: float = 3.0,
         prior: str = "normal",
         identity_init: bool = False,
+        linear_start: str = "even",
         fourier: int = 16,
         fourier_scale: float = 0.5,
         fourier_draw: str = "quasi",
@@ -65,9 +71,9 @@ class Glow(InvertibleFlow):
             fourier_draw,
         )
         layers = []
-        for k in range(steps):  # LU's random start and the coupling's draws, step by step
+        for k in range(steps):  # LU's start and the coupling's draws, step by step
             coupling = AffineCoupling(
                 dim, k % 2, *conditioner, fourier_block=k, scale_bound=scale_bound
             )
-            layers += [ActNorm(dim), LULinear(dim), coupling]
+            layers += [ActNorm(dim), LULinear(dim, linear_start, block=k, blocks=steps), coupling]
         super().__init__(dim, layers, prior)

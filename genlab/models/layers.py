@@ -19,10 +19,12 @@ passes through and is all the conditioner reads, so the inverse is exact.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from genlab.checks import check_int, check_positive
+from genlab.checks import check_choice, check_int, check_positive
 from genlab.models import spline
 from genlab.nn import MLP, check_fourier, fourier_features, fourier_frequencies
 
@@ -35,7 +37,11 @@ __all__ = [
     "DiagonalScaling",
     "ActNorm",
     "LULinear",
+    "LINEAR_STARTS",
 ]
+
+LINEAR_STARTS = ("random", "fixed", "identity", "even")  # how :class:`LULinear` starts
+FIXED_ROTATION_SEED = 20_180_709  # ``fixed`` rotations: layer k's generator seed is this + k
 
 
 class Coupling(nn.Module):
@@ -259,16 +265,42 @@ class LULinear(nn.Module):
 
     ``P`` is a fixed permutation, ``L`` unit lower triangular and ``U`` strictly upper
     triangular (both learned), and the diagonal's signs are fixed, so ``W`` stays invertible
-    and its determinant costs nothing. ``W`` starts as a random rotation (its LU factors), as
-    Glow's 1x1 convolutions do; in 2D that mixes the two coordinates the couplings split.
+    and its determinant costs nothing. ``W`` starts as a rotation (its LU factors), as Glow's
+    1x1 convolutions do; in 2D that mixes the two coordinates the couplings split.
+
+    Arguments:
+        dim: dimension of the points.
+        start: the starting rotation. ``random``: drawn from the global generator, so a new
+            one for every seed (Glow's own start); ``fixed``: drawn from a generator seeded
+            with ``block`` alone, so the same for every seed (a stack's layers still differ
+            from each other); ``identity``: ``W = I``.
+            ``even`` (2D only): a rotation by ``pi / blocks``, so that in a stack of
+            ``blocks`` layers between alternating couplings the directions the couplings
+            transform start evenly spread over the half-circle.
+        block: the layer's index in its stack (``fixed`` only).
+        blocks: the number of such layers in the stack (``even`` only).
 
     References:
         Kingma, Dhariwal. "Glow: Generative Flow with Invertible 1x1 Convolutions" (2018).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, start: str = "random", block: int = 0, blocks: int = 1) -> None:
         super().__init__()
-        q, _ = torch.linalg.qr(torch.randn(dim, dim))
+        check_choice("linear_start", start, LINEAR_STARTS)
+        check_int("block", block, 0)
+        check_int("blocks", blocks, 1)
+        if start == "identity":
+            q = torch.eye(dim)
+        elif start == "even":
+            if dim != 2:
+                raise ValueError(f"linear_start 'even' is defined in 2D; dim is {dim}")
+            c, s = math.cos(math.pi / blocks), math.sin(math.pi / blocks)
+            q = torch.tensor([[c, -s], [s, c]])
+        else:
+            generator = None
+            if start == "fixed":
+                generator = torch.Generator().manual_seed(FIXED_ROTATION_SEED + block)
+            q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
         p, lower, upper = torch.linalg.lu(q)
         diag = upper.diagonal()
         self.register_buffer("permutation", p)
