@@ -38,6 +38,17 @@ __all__ = ["build", "build_logger", "train", "resolve_device"]
 log = logging.getLogger("genlab")
 
 
+def _absent_applies(absent: str) -> str:
+    """What a setting the checkpoint lacks means for the resumed run: a model key only builds
+    the model, whose weights and buffers (its Fourier frequencies, its starting maps) then come
+    from the file; any other key applies as the config sets it."""
+    if absent.startswith("model."):
+        return (
+            "the model is built with the config's value, then loads the file's weights and buffers"
+        )
+    return "the config's value applies"
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when present, else the CPU; anything else is passed to torch."""
     if name == "auto":
@@ -245,7 +256,7 @@ def build(
     if cfg.train.resume and (run_dir / CHECKPOINT).exists():
         for absent in check_resume(run_dir, config):
             if not preflight:
-                log.warning("resuming %s: %s; the config's value applies", run_dir, absent)
+                log.warning("resuming %s: %s; %s", run_dir, absent, _absent_applies(absent))
         if preflight:
             fit.check_history()
     return toy, model, fit, logger

@@ -336,16 +336,22 @@ def test_a_setting_the_checkpoint_predates_applies_with_a_warning(
     trained, compose_cfg, tmp_path, caplog, monkeypatch
 ):
     """A checkpoint written before a setting existed resumes; the log says the config's value
-    applies."""
+    applies, and for a model key that the file's weights and buffers then load."""
     no_figures(monkeypatch)
     run_dir = copy_run(trained("nice"), tmp_path / "run")
     ckpt = copy.deepcopy(read(run_dir))
     del ckpt["config"]["train"]["warmup_steps"]
+    del ckpt["config"]["model"]["fourier_draw"]
     write(run_dir, ckpt)
     cfg = compose_cfg([*tiny_overrides("nice"), "train.resume=true"])
     with caplog.at_level("WARNING", logger="genlab"):
         train(cfg, run_dir)
-    assert "train.warmup_steps absent in the file, 0 in the config" in caplog.text
+    assert (
+        "train.warmup_steps absent in the file, 0 in the config; the config's value" in caplog.text
+    )
+    assert "model.fourier_draw absent in the file, 'random' in the config; the model is built" in (
+        caplog.text
+    )
 
 
 def test_resuming_a_stage_the_model_lacks_is_refused(trained, compose_cfg, tmp_path):
