@@ -281,6 +281,20 @@ def test_even_rotations_spread_a_glow_stacks_coupling_directions_over_the_half_c
     assert sorted(angles) == pytest.approx([180 / steps * i for i in range(steps)], abs=1e-3)
 
 
+def test_a_glow_with_random_starts_loads_into_the_default_glow_as_the_same_model():
+    """A Glow trained before ``linear_start`` (random rotations, some with a pivoting ``P``)
+    is rebuilt with today's default and loads as itself: ``P`` and the signs are buffers."""
+    torch.manual_seed(13)
+    old = Glow(steps=4, linear_start="random").double().eval()
+    assert any(
+        not torch.equal(m.permutation, torch.eye(2)) for m in old.layers if hasattr(m, "sign")
+    )
+    new = Glow(steps=4).double().eval()
+    new.load_state_dict(old.state_dict())
+    x = torch.randn(50, 2, dtype=torch.float64)
+    assert torch.equal(new.log_prob(x), old.log_prob(x))
+
+
 def test_lu_linear_names_a_bad_start():
     with pytest.raises(ValueError, match="linear_start.*'rotation'"):
         LULinear(2, "rotation")
