@@ -585,7 +585,66 @@ def seeds_markdown(runs: list[dict]) -> str:
         "median KL. `leaderboard.csv` holds every run.\n"
     )
     order = order_markdown(groups, labels)
-    return _table(head, rows) + note + order + speed_markdown(runs, medians, slow)
+    grids = grid_markdown(groups, labels)
+    return _table(head, rows) + note + order + grids + speed_markdown(runs, medians, slow)
+
+
+#: A KL within this many of its standard errors of 0 is the yardstick's noise: the ratio of
+#: two such KLs says nothing of the model, and the spread table marks it.
+NOISE_SE = 3
+
+
+def _spread(group: list[dict]) -> str:
+    """max / min of the group's KLs (of its W2s for a model without a density, so marked),
+    ``*`` where the smallest KL lies within :data:`NOISE_SE` standard errors of 0."""
+    key = _rank_key(group)
+    values = [m[key] for m in group if _is_number(m.get(key))]
+    if len(values) < 2:
+        return ""
+    if key == "w2":
+        return f"W2 {max(values) / min(values):.2f}"
+    low = min(group, key=lambda m: m["kl"])
+    if low["kl"] <= 0:  # an estimate at or below 0: no ratio, only noise
+        return "*"
+    noisy = _is_number(low.get("kl_se")) and low["kl"] < NOISE_SE * low["kl_se"]
+    return f"{max(values) / low['kl']:.2f}" + " *" * noisy
+
+
+def _summary(group: list[dict]) -> str:
+    """The median KL with its [min, max] (the median W2 over the median floor without a
+    density)."""
+    if _rank_key(group) == "w2":
+        return f"W2 {_fmt(_median(group, 'w2'), 2)} / {_fmt(_median(group, 'w2_floor'), 2)}"
+    kls = [m["kl"] for m in group]
+    return f"{_fmt(float(np.median(kls)))} [{_fmt(min(kls))}, {_fmt(max(kls))}]"
+
+
+def grid_markdown(groups: list[list[dict]], labels: list[str]) -> str:
+    """Two tables with a row per setting and a column per data set, for a sweep over seeds
+    and several data sets: each cell's median KL with its [min, max], and its spread over the
+    seeds, max / min (see :func:`_spread`); the empty string otherwise."""
+    datas = list(dict.fromkeys(g[0]["data"] for g in groups))
+    if len(datas) < 2 or not any(len(g) > 1 for g in groups):
+        return ""
+    cells: dict[str, dict[str, list[dict]]] = {}
+    for group, label in zip(groups, labels, strict=True):
+        cells.setdefault(label, {})[group[0]["data"]] = group
+    head = ("setting", *datas)
+    summary = [
+        (label, *(_summary(c[d]) if d in c else "" for d in datas)) for label, c in cells.items()
+    ]
+    spread = [
+        (label, *(_spread(c[d]) if d in c else "" for d in datas)) for label, c in cells.items()
+    ]
+    return (
+        "\nBy setting and data set: the median KL (nats) with its [min, max] over the seeds; "
+        "the median W2 beside its floor for a model without a density:\n\n"
+        + _table(head, summary)
+        + "\nSpread over the seeds: the largest KL over the smallest (W2 for a model without "
+        f"a density); `*` where the smallest KL lies within {NOISE_SE} standard errors of 0, "
+        "so that the ratio measures the yardstick's noise, not the model:\n\n"
+        + _table(head, spread)
+    )
 
 
 def _toy(root: Path, runs: list[dict]):

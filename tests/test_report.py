@@ -310,9 +310,9 @@ def test_leaderboard_flags_a_run_trained_far_below_its_models_median_speed(tmp_p
     assert "under 0.5x its model's median" in board
 
 
-def seeded_run(root, name, model, data, seed, kl, job, *extra):
+def seeded_run(root, name, model, data, seed, kl, job, *extra, **metrics):
     """A fake run of a sweep over seeds: its metrics and Hydra's record of its overrides."""
-    run = fake_run(root, name, model, data, job=job, seed=seed, kl=kl)
+    run = fake_run(root, name, model, data, job=job, seed=seed, kl=kl, **metrics)
     overrides = [f"model={model}", f"data={data}", f"seed={seed}", *extra]
     (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     return run
@@ -379,3 +379,32 @@ def test_the_order_of_settings_is_stated_only_where_their_seed_ranges_do_not_ove
     assert order in leaderboard_markdown(runs)
     one_seed = [g[:1] for g in groups]
     assert order_markdown(one_seed, setting_labels(one_seed)) == ""
+
+
+def test_a_sweep_over_seeds_and_data_sets_tables_each_cells_range_and_spread(tmp_path):
+    """One row per setting, one column per data set: the median KL with its [min, max], and
+    max / min over the seeds; a model without a density by its W2; a KL within 3 standard
+    errors of 0 marks its ratio as the yardstick's noise."""
+    cells = {  # (model, data): [(kl, kl_se, w2)] by seed
+        ("nice", "moons"): [(0.3, 0.01, 0.3), (0.1, 0.01, 0.3), (0.2, 0.01, 0.3)],
+        ("nice", "rings"): [(0.5, 0.01, 0.4), (0.4, 0.01, 0.4), (0.6, 0.01, 0.4)],
+        ("nsf", "moons"): [(0.002, 0.001, 0.2), (0.004, 0.001, 0.2), (0.003, 0.001, 0.2)],
+        ("meanflow", "moons"): [(None, None, 0.25), (None, None, 0.20), (None, None, 0.30)],
+    }
+    job = 0
+    for (model, data), runs in cells.items():
+        for seed, (kl, se, w2) in enumerate(runs):
+            name = f"{job}_{model}_{data}"
+            seeded_run(tmp_path, name, model, data, seed, kl, job, kl_se=se, w2=w2)
+            job += 1
+    runs, _ = collect(tmp_path)
+    board = leaderboard_markdown(runs)
+    assert "| setting | moons | rings |" in board
+    assert "| nice | 0.200 [0.100, 0.300] | 0.500 [0.400, 0.600] |" in board
+    assert "| nsf | 0.003 [0.002, 0.004] |  |" in board
+    assert "| meanflow | W2 0.25 / 0.20 |  |" in board
+    assert "| nice | 3.00 | 1.50 |" in board
+    assert "| nsf | 2.00 * |  |" in board  # 0.002 < 3 x 0.001: noise
+    assert "| meanflow | W2 1.50 |  |" in board
+    one_data = [m for m in runs if m["data"] == "moons"]
+    assert "| setting |" not in leaderboard_markdown(one_data)  # one column: the rows say it
