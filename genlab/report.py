@@ -90,19 +90,27 @@ def sweep_order(runs: list[dict], key: str) -> list[str]:
 
     Hydra's sweepers (basic, joblib, submitit) number the jobs of ``model=nice,cnf data=a,b``
     (or of an experiment's ``hydra.sweeper.params``) along the cartesian product in the order
-    given, so a value's place is the first job number ``job`` among the runs holding it. Values
-    seen only in runs without a job number (hand-made dirs, single runs) follow, alphabetically.
+    given, so a value's place is the first job number ``job`` among the runs holding it. A
+    folder holding several sweeps (each numbering its jobs from 0) takes them one after
+    another, by the path of the folder a run lies in (``run``'s parent), so each sweep keeps
+    its own order and a sweep finished into a second folder continues the first. Values seen
+    only in runs without a job number (hand-made dirs, single runs) follow, alphabetically.
 
     Arguments:
-        runs: dicts with ``key`` and ``job``, the run's Hydra job number or ``None``.
+        runs: dicts with ``key`` and ``job``, the run's Hydra job number or ``None``, and
+            optionally ``run``, the run dir relative to the report's folder.
 
     Returns:
         The values, each once, first-swept first.
     """
-    first: dict[str, float] = {}
+    last = (True, "", math.inf)
+    first: dict[str, tuple] = {}
     for m in runs:
-        job = math.inf if m.get("job") is None else m["job"]
-        first[m[key]] = min(first.get(m[key], math.inf), job)
+        if m.get("job") is None:
+            place = last
+        else:
+            place = (False, str(Path(m["run"]).parent) if m.get("run") else "", m["job"])
+        first[m[key]] = min(first.get(m[key], last), place)
     return sorted(first, key=lambda value: (first[value], value))
 
 

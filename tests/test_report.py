@@ -23,6 +23,7 @@ from genlab.report import (
     quality_points,
     seed_groups,
     setting_labels,
+    sweep_order,
     write_report,
 )
 from tests.conftest import tiny_sweep
@@ -151,6 +152,24 @@ def test_report_orders_data_and_models_as_swept_else_alphabetically(tmp_path, hy
             ("moons", "rectified_flow"),
         ]
         assert [r["job"] for r in runs] == [None] * 3
+
+
+def test_a_folder_of_several_sweeps_takes_each_in_its_own_order(tmp_path):
+    # Two sweeps, each numbering its jobs from 0, as when a stopped sweep is finished into a
+    # second folder: the first folder's order, then the second's, never a shuffle by job number.
+    for job, (model, data) in enumerate([("cnf", "rings"), ("cnf", "moons")]):
+        fake_run(tmp_path / "a", f"{job}_{model}_{data}", model, data, job=job)
+    for job, (model, data) in enumerate([("nice", "checkerboard"), ("nice", "rings")]):
+        fake_run(tmp_path / "b", f"{job}_{model}_{data}", model, data, job=job)
+    runs, _ = collect(tmp_path)
+    assert sweep_order(runs, "data") == ["rings", "moons", "checkerboard"]
+    assert sweep_order(runs, "model") == ["cnf", "nice"]
+    assert [r["run"] for r in runs] == [
+        "a/0_cnf_rings",
+        "b/1_nice_rings",
+        "a/1_cnf_moons",
+        "b/0_nice_checkerboard",
+    ]
 
 
 def test_report_refuses_a_single_run_dir_and_names_its_sweep(tmp_path, capsys):
