@@ -92,13 +92,13 @@ def sweep_order(runs: list[dict], key: str) -> list[str]:
     (or of an experiment's ``hydra.sweeper.params``) along the cartesian product in the order
     given, so a value's place is the first job number ``job`` among the runs holding it. A
     folder holding several sweeps (each numbering its jobs from 0) takes them one after
-    another, by the path of the folder a run lies in (``run``'s parent), so each sweep keeps
-    its own order and a sweep finished into a second folder continues the first. Values seen
-    only in runs without a job number (hand-made dirs, single runs) follow, alphabetically.
+    another, by the path of each run's ``sweep``, so each sweep keeps its own order and a
+    sweep finished into a second folder continues the first. Values seen only in runs
+    without a job number (hand-made dirs, single runs) follow, alphabetically.
 
     Arguments:
         runs: dicts with ``key`` and ``job``, the run's Hydra job number or ``None``, and
-            optionally ``run``, the run dir relative to the report's folder.
+            optionally ``sweep`` (see :func:`_sweep_of`).
 
     Returns:
         The values, each once, first-swept first.
@@ -109,7 +109,7 @@ def sweep_order(runs: list[dict], key: str) -> list[str]:
         if m.get("job") is None:
             place = last
         else:
-            place = (False, str(Path(m["run"]).parent) if m.get("run") else "", m["job"])
+            place = (False, m.get("sweep", ""), m["job"])
         first[m[key]] = min(first.get(m[key], last), place)
     return sorted(first, key=lambda value: (first[value], value))
 
@@ -121,6 +121,17 @@ def _job_num(run_dir: Path) -> int | None:
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
     return num if isinstance(num, int) else None
+
+
+def _sweep_of(run_dir: Path, root: Path) -> str:
+    """The sweep ``run_dir`` belongs to: the nearest folder from it up to ``root`` that holds
+    Hydra's ``multirun.yaml``, relative to ``root`` (``""`` for ``root`` itself, or when no
+    such folder exists), so run dirs nested by a ``hydra.sweep.subdir`` with slashes still
+    count as one sweep."""
+    for folder in run_dir.parents:
+        if (folder / "multirun.yaml").is_file() or folder == root:
+            return "" if folder == root else str(folder.relative_to(root))
+    return ""
 
 
 def collect(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
@@ -154,6 +165,7 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
             continue
         m["run"] = str(path.parent.relative_to(root))
         m["job"] = _job_num(path.parent)
+        m["sweep"] = _sweep_of(path.parent, root)
         if m.get("data_constants"):  # a toy off its default constants is its own column
             m["data"] = toy_label(m["data"], m["data_constants"])
         if m.get("source", "gaussian") != "gaussian":  # a transport from a toy is its own row

@@ -161,6 +161,8 @@ def test_a_folder_of_several_sweeps_takes_each_in_its_own_order(tmp_path):
         fake_run(tmp_path / "a", f"{job}_{model}_{data}", model, data, job=job)
     for job, (model, data) in enumerate([("nice", "checkerboard"), ("nice", "rings")]):
         fake_run(tmp_path / "b", f"{job}_{model}_{data}", model, data, job=job)
+    for sweep in ("a", "b"):
+        (tmp_path / sweep / "multirun.yaml").write_text("hydra: {}\n")
     runs, _ = collect(tmp_path)
     assert sweep_order(runs, "data") == ["rings", "moons", "checkerboard"]
     assert sweep_order(runs, "model") == ["cnf", "nice"]
@@ -170,6 +172,16 @@ def test_a_folder_of_several_sweeps_takes_each_in_its_own_order(tmp_path):
         "a/1_cnf_moons",
         "b/0_nice_checkerboard",
     ]
+
+
+def test_run_dirs_nested_by_the_subdir_pattern_stay_one_sweep_in_job_order(tmp_path):
+    # hydra.sweep.subdir=${model}/${data}: the run dirs' parents differ, the sweep is one.
+    for job, (model, data) in enumerate([("rectified_flow", "moons"), ("cnf", "checkerboard")]):
+        fake_run(tmp_path, f"{model}/{data}", model, data, job=job)
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
+    runs, _ = collect(tmp_path)
+    assert sweep_order(runs, "model") == ["rectified_flow", "cnf"]
+    assert sweep_order(runs, "data") == ["moons", "checkerboard"]
 
 
 def test_report_refuses_a_single_run_dir_and_names_its_sweep(tmp_path, capsys):
